@@ -1,0 +1,95 @@
+"""The FastAPI application: health, metrics, tokens and users.
+
+DICOMweb (``/dicomweb``), WADO-URI and the viewer mount here as they arrive.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from sqlalchemy import text
+
+from api.auth import Principal, basic_cache, current_user, require_role
+from storage import Archive
+from storage.users import Role, UserError, authenticate, create_user, issue_token, list_users
+
+Authenticated = Annotated[Principal, Depends(current_user)]
+Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+
+class TokenRequest(BaseModel):
+    username: str = Field(max_length=64)
+    password: str = Field(max_length=1024)
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_at: str
+
+
+class UserIn(BaseModel):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=8, max_length=1024)
+    role: Role
+
+
+class UserOut(BaseModel):
+    username: str
+    role: Role
+
+
+def create_app(archive: Archive, *, token_ttl: timedelta = timedelta(hours=12)) -> FastAPI:
+    app = FastAPI(title="Provincial imaging exchange", version="0.1.0")
+    app.state.archive = archive
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """Liveness and readiness: the index answers a query."""
+        with archive.sessions() as session:
+            session.execute(text("SELECT 1"))
+        return {"status": "ok"}
+
+    @app.get("/metrics", tags=["operations"])
+    def metrics(_: Authenticated) -> Response:
+        """Prometheus metrics: instances received, bytes, store latency."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/api/auth/token", tags=["auth"])
+    def token(body: TokenRequest) -> TokenResponse:
+        """Exchange a username and password for a bearer token."""
+        with archive.sessions() as session:
+            user = authenticate(session, body.username, body.password)
+            if user is None:
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong username or password")
+            value, expires = issue_token(session, user, token_ttl)
+            session.commit()
+        return TokenResponse(access_token=value, expires_at=expires.isoformat())
+
+    @app.get("/api/me", tags=["auth"])
+    def me(principal: Authenticated) -> UserOut:
+        return UserOut(username=principal.username, role=principal.role)
+
+    @app.get("/api/users", tags=["users"])
+    def users(_: Admin) -> list[UserOut]:
+        with archive.sessions() as session:
+            return [UserOut(username=u.username, role=Role(u.role)) for u in list_users(session)]
+
+    @app.post("/api/users", status_code=status.HTTP_201_CREATED, tags=["users"])
+    def add_user(body: UserIn, _: Admin) -> UserOut:
+        with archive.sessions() as session:
+            try:
+                create_user(session, body.username, body.password, body.role)
+            except UserError as exc:
+                raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
+            session.commit()
+        basic_cache.clear()
+        return UserOut(username=body.username, role=body.role)
+
+    return app
+
+

@@ -1,0 +1,193 @@
+"""The ``pacs`` command: serve, import, check, db, user (``pacs VERB --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pacs.bootstrap import SchemaOutdated, archive_from_settings
+from pacs.settings import Settings, load_settings
+from storage import Outcome
+from storage.database import make_engine, upgrade
+from storage.users import Role, UserError, create_user, list_users, set_password
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    flags = {
+        "data_dir": args.data_dir,
+        "ae_title": getattr(args, "ae_title", None),
+        "dicom_port": getattr(args, "dicom_port", None),
+        "http_host": getattr(args, "http_host", None),
+        "http_port": getattr(args, "http_port", None),
+    }
+    settings = load_settings(args.config, **flags)
+    try:
+        return int(args.run(settings, args) or 0)
+    except SchemaOutdated as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pacs", description=__doc__)
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    parser.add_argument("--data-dir", type=Path, help="data folder (PACS_DATA_DIR)")
+    verbs = parser.add_subparsers(required=True, metavar="VERB")
+
+    serve = verbs.add_parser("serve", help="run the DICOM listener and the HTTP server")
+    serve.add_argument("--only", choices=["dicom", "http"], help="run one side only")
+    serve.add_argument("--ae-title", help="our AE title (PACS_AE_TITLE)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM port (PACS_DICOM_PORT)")
+    serve.add_argument("--http-host", help="HTTP bind address (PACS_HTTP_HOST)")
+    serve.add_argument("--http-port", type=int, help="HTTP port (PACS_HTTP_PORT)")
+    serve.set_defaults(run=_serve)
+
+    imp = verbs.add_parser("import", help="import DICOM files and folders, recursively")
+    imp.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    imp.add_argument("--site", default="", help="issuer for patients without IssuerOfPatientID")
+    imp.add_argument("--workers", type=int, default=4, help="parallel readers (default 4)")
+    imp.add_argument(
+        "--if-empty", action="store_true", help="do nothing unless the archive is empty"
+    )
+    imp.set_defaults(run=_import)
+
+    chk = verbs.add_parser("check", help="compare the index with the stored files")
+    chk.add_argument("--rebuild", action="store_true", help="rebuild the index from the files")
+    chk.set_defaults(run=_check)
+
+    db = verbs.add_parser("db", help="index database schema").add_subparsers(required=True)
+    db.add_parser("upgrade", help="migrate the schema to the newest version").set_defaults(
+        run=_db_upgrade
+    )
+
+    user = verbs.add_parser("user", help="manage users").add_subparsers(required=True)
+    add = user.add_parser("add", help="create a user (password asked for, or PACS_NEW_PASSWORD)")
+    add.add_argument("username")
+    add.add_argument("--role", choices=[r.value for r in Role], required=True)
+    add.set_defaults(run=_user_add)
+    user.add_parser("list", help="list users and roles").set_defaults(run=_user_list)
+    passwd = user.add_parser("passwd", help="set a user's password")
+    passwd.add_argument("username")
+    passwd.set_defaults(run=_user_passwd)
+    return parser
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.server import serve  # uvicorn and FastAPI load only when serving
+
+    serve(settings, args.only)
+    return 0
+
+
+def _import(settings: Settings, args: argparse.Namespace) -> int:
+    from pacs.importer import import_paths
+
+    archive = archive_from_settings(settings, create_schema=True)
+    if args.if_empty and not archive.is_empty():
+        return 0
+    log_path = settings.data_dir / "logs" / f"import-{datetime.now():%Y%m%d-%H%M%S}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
+    handler.setLevel(logging.WARNING)
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.ERROR)  # keep the terminal to the progress bar
+    totals = import_paths(archive, args.paths, site=args.site, workers=args.workers)
+    stored = totals[Outcome.STORED] + totals[Outcome.REPLACED]
+    duplicate = totals[Outcome.DUPLICATE] + totals[Outcome.KEPT_EXISTING]
+    rejected = totals[Outcome.REJECTED]
+    print(f"stored {stored}, duplicate {duplicate}, rejected {rejected}")
+    if rejected or totals[Outcome.KEPT_EXISTING]:
+        print(f"reasons are in {log_path}")
+    return 1 if rejected else 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.check import check, rebuild
+
+    archive = archive_from_settings(settings, create_schema=True)
+    if args.rebuild:
+        with tqdm(unit="file", desc="rebuild") as bar:
+            count, unreadable = rebuild(archive, bar.update)
+        print(f"index rebuilt from {count} files; {len(unreadable)} unreadable")
+        for key in unreadable:
+            print(f"  unreadable: {key}")
+        return 1 if unreadable else 0
+    with tqdm(unit="file", desc="check") as bar:
+        report = check(archive, bar.update)
+    print(f"checked {report.checked} indexed instances")
+    for label, items in (
+        ("missing file", report.missing),
+        ("file differs from index", report.corrupt),
+        ("file not indexed", report.unindexed),
+    ):
+        for item in items:
+            print(f"  {label}: {item}")
+    print("consistent" if report.consistent else "INCONSISTENT: run `pacs check --rebuild`")
+    return 0 if report.consistent else 1
+
+
+def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(make_engine(settings.database_url))
+    print("index database schema is current")
+    return 0
+
+
+def _user_add(settings: Settings, args: argparse.Namespace) -> int:
+    archive = archive_from_settings(settings, create_schema=True)
+    password = _new_password()
+    with archive.sessions() as session:
+        try:
+            create_user(session, args.username, password, Role(args.role))
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"user {args.username} ({args.role}) created")
+    return 0
+
+
+def _user_list(settings: Settings, args: argparse.Namespace) -> int:
+    archive = archive_from_settings(settings, create_schema=True)
+    with archive.sessions() as session:
+        for user in list_users(session):
+            print(f"{user.username}\t{user.role}\t{user.created_at:%Y-%m-%d}")
+    return 0
+
+
+def _user_passwd(settings: Settings, args: argparse.Namespace) -> int:
+    archive = archive_from_settings(settings, create_schema=True)
+    password = _new_password()
+    with archive.sessions() as session:
+        try:
+            set_password(session, args.username, password)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"password of {args.username} changed")
+    return 0
+
+
+def _new_password() -> str:
+    if password := os.environ.get("PACS_NEW_PASSWORD"):
+        return password
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("again: "):
+        raise SystemExit("error: the passwords differ")
+    return first
+
+
+if __name__ == "__main__":
+    sys.exit(main())

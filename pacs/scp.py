@@ -1,0 +1,110 @@
+"""The DICOM listener: a pynetdicom AE serving Verification and Storage.
+
+C-STORE datasets are streamed by pynetdicom straight into a file in the blob
+store's staging folder (``STORE_RECV_CHUNKED_DATASET``), then handed to
+:meth:`storage.Archive.ingest`, which renames it into place: the bytes are kept
+exactly as received and pixels are never decoded (PS3.4 Annex B).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from pacs.settings import Settings
+from storage import Archive, IngestResult, Outcome, Problem, Source
+from storage.blobs import staging_tempdir
+
+log = logging.getLogger(__name__)
+
+# PS3.4 Annex B.2.3 statuses, and PS3.7 C.4.2.1.4 for the general processing failure.
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_ELEMENTS_DISCARDED = 0xB006
+
+_FAILURE_STATUS = {
+    Problem.INVALID: STATUS_CANNOT_UNDERSTAND,
+    Problem.MISMATCH: STATUS_DATASET_MISMATCH,
+    Problem.CONFLICT: STATUS_PROCESSING_FAILURE,
+    Problem.OUT_OF_RESOURCES: STATUS_OUT_OF_RESOURCES,
+}
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE that accepts every storage SOP class (vendor-private ones too) in
+    every transfer syntax pydicom knows, with a large maximum PDU."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_associations = settings.max_associations
+    ae.require_called_aet = True
+    ae.network_timeout = 60
+    ae.add_supported_context(Verification, AllTransferSyntaxes)
+    return ae
+
+
+def start_dicom_server(archive: Archive, settings: Settings) -> ThreadedAssociationServer:
+    """Start listening on ``settings.dicom_port`` in background threads."""
+    staging_tempdir(archive.blobs)
+    ae = build_ae(settings)
+    handlers = [
+        (evt.EVT_CONN_OPEN, _disable_nagle),
+        (evt.EVT_C_ECHO, _handle_echo),
+        (evt.EVT_C_STORE, _handle_store, [archive]),
+    ]
+    server = ae.start_server(("0.0.0.0", settings.dicom_port), block=False, evt_handlers=handlers)
+    log.info("DICOM listener %s on port %d", settings.ae_title, server.server_address[1])
+    return server
+
+
+def _disable_nagle(event: evt.Event) -> None:
+    """Nagle's algorithm delays the small PDUs that end each message; it costs
+    about 10x in C-STORE throughput with DCMTK peers."""
+    sock = event.assoc.dul.socket
+    if sock is not None and sock.socket is not None:
+        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _handle_echo(event: evt.Event) -> int:
+    return STATUS_SUCCESS
+
+
+def _handle_store(event: evt.Event, archive: Archive) -> Dataset:
+    request = event.request
+    source = Source(
+        ae_title=event.assoc.requestor.ae_title,
+        sop_instance_uid=str(request.AffectedSOPInstanceUID),
+        sop_class_uid=str(request.AffectedSOPClassUID),
+    )
+    result = archive.ingest(event.dataset_path, source, move=True)
+    return store_status(result)
+
+
+def store_status(result: IngestResult) -> Dataset:
+    """The C-STORE response status for an ingest result, with an ErrorComment."""
+    status = Dataset()
+    if result.outcome is Outcome.KEPT_EXISTING:
+        status.Status = STATUS_ELEMENTS_DISCARDED
+        status.ErrorComment = "Duplicate UID, other content: kept first"
+    elif result.problem is not None:
+        status.Status = _FAILURE_STATUS[result.problem]
+        status.ErrorComment = _error_comment(result.reason)
+    else:
+        status.Status = STATUS_SUCCESS
+    return status
+
+
+def _error_comment(reason: str) -> str:
+    """ErrorComment is an LO: 64 characters, no backslash or control characters."""
+    clean = "".join(c if c.isprintable() and c != "\\" else " " for c in reason)
+    return clean[:64]

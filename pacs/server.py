@@ -1,0 +1,49 @@
+"""``pacs serve``: the DICOM listener and the HTTP server in one process.
+
+``--only dicom`` / ``--only http`` run one side, so each can be scaled on its own
+machine against a shared index and blob store.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import timedelta
+from typing import Literal
+
+import uvicorn
+
+from api.app import create_app
+from pacs.bootstrap import archive_from_settings, ensure_first_admin
+from pacs.scp import start_dicom_server
+from pacs.settings import Settings
+
+log = logging.getLogger(__name__)
+Only = Literal["dicom", "http"] | None
+
+
+def serve(settings: Settings, only: Only = None) -> None:
+    archive = archive_from_settings(settings, create_schema=True)
+    archive.blobs.clear_staging(older_than=timedelta(hours=1))
+    password = ensure_first_admin(archive, settings)
+    if password:
+        print(f"Created user 'admin' with password: {password}\n(shown once; change it with "
+              "`pacs user passwd admin`)", flush=True)
+    dicom = start_dicom_server(archive, settings) if only in (None, "dicom") else None
+    try:
+        if only in (None, "http"):
+            app = create_app(archive, token_ttl=timedelta(seconds=settings.token_ttl_seconds))
+            uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
+        else:
+            _wait_for_signal()
+    finally:
+        if dicom is not None:
+            dicom.shutdown()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()

@@ -1,0 +1,61 @@
+"""Runtime settings: ``PACS_*`` environment variables, an optional TOML file, then flags.
+
+Precedence (highest first): command-line flags, ``PACS_*`` environment variables,
+the TOML file given with ``--config``, built-in defaults. Paths that default to
+somewhere inside the data folder are derived from :attr:`Settings.data_dir` after
+loading, so ``PACS_DATA_DIR=/srv/pacs`` moves the index and the blobs with it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from storage.ingest import DuplicatePolicy
+
+
+class Settings(BaseSettings):
+    """Every knob of the archive, one place."""
+
+    model_config = SettingsConfigDict(env_prefix="PACS_", extra="forbid")
+
+    data_dir: Path = Path("./pacs-data")
+    database_url: str = ""
+    storage_url: str = ""
+    ae_title: str = Field("PACS", max_length=16)
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=0, le=65535)
+    admin_password: str | None = None
+
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
+    max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
+    max_associations: int = Field(32, ge=1)
+    token_ttl_seconds: int = Field(12 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir.resolve() / 'index.sqlite'}"
+        if not self.storage_url:
+            self.storage_url = (self.data_dir.resolve() / "blobs").as_uri()
+        return self
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build :class:`Settings` from defaults < TOML file < environment < ``overrides``.
+
+    ``overrides`` are the flags given on the command line; ``None`` values mean
+    "not given" and are dropped so they do not mask the environment.
+    """
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        with config_file.open("rb") as fh:
+            file_values = tomllib.load(fh)
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    from_env = EnvSettingsSource(Settings)()
+    return Settings(**{**file_values, **from_env, **flags})

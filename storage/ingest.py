@@ -1,0 +1,263 @@
+"""The one door into the archive: C-STORE, STOW-RS and ``pacs import`` all call
+:meth:`Archive.ingest`.
+
+Order of events for a new instance, and why:
+
+1. read and check the header only (pixels are never decoded on ingest);
+2. stage the bytes in the store's staging folder and hash them;
+3. under a per-UID lock, compare with what the index holds (duplicates);
+4. fsync + rename the blob into place, then commit the index row;
+5. only then report success. If the index write fails the new blob is removed
+   again, so an error leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from prometheus_client import Counter, Histogram
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from storage.attributes import extract
+from storage.blobs import BlobStore, BlobStoreError, blob_key
+from storage.header import Header, InvalidInstance, MismatchedInstance, read_header
+from storage.index import add_instance, find_instance, remove_instance
+from storage.models import Instance
+
+log = logging.getLogger(__name__)
+
+INSTANCES = Counter("pacs_instances_received_total", "Instances offered to ingest", ["outcome"])
+BYTES = Counter("pacs_received_bytes_total", "Bytes of instances newly stored")
+STORE_SECONDS = Histogram(
+    "pacs_store_seconds",
+    "Time to durably store and index one instance",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+
+_CHUNK = 1024 * 1024
+
+
+class DuplicatePolicy(StrEnum):
+    """What to do when a SOP Instance UID arrives again with different bytes."""
+
+    KEEP_FIRST = "keep-first"  # keep the stored copy, answer with a warning
+    REPLACE = "replace"  # store the new copy in place of the old one
+    REJECT = "reject"  # keep the stored copy, answer with a failure
+
+
+class Outcome(StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same UID, same bytes: idempotent success
+    KEPT_EXISTING = "kept-existing"  # same UID, other bytes, first copy kept: warning
+    REPLACED = "replaced"
+    REJECTED = "rejected"
+
+
+class Problem(StrEnum):
+    """Why an instance was rejected; each side maps it to its own status code."""
+
+    INVALID = "invalid"  # not DICOM, truncated, bad UIDs
+    MISMATCH = "mismatch"  # dataset contradicts the request (SOP UIDs)
+    CONFLICT = "conflict"  # same UID, other bytes, policy says reject
+    OUT_OF_RESOURCES = "out-of-resources"  # disk full, store unwritable, index down
+
+
+@dataclass(frozen=True)
+class Source:
+    """Who is giving us the instance, and what they announced about it."""
+
+    ae_title: str = ""
+    site: str = ""
+    sop_instance_uid: str | None = None
+    sop_class_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    outcome: Outcome
+    sop_instance_uid: str = ""
+    sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    reason: str = ""
+    problem: Problem | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is not Outcome.REJECTED
+
+
+class Archive:
+    """The blob store and the index, kept consistent with each other."""
+
+    def __init__(
+        self,
+        blobs: BlobStore,
+        sessions: sessionmaker[Session],
+        policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST,
+    ) -> None:
+        self.blobs = blobs
+        self.sessions = sessions
+        self.policy = policy
+        self._locks = [threading.Lock() for _ in range(64)]
+
+    def is_empty(self) -> bool:
+        """True when no instance is indexed."""
+        with self.sessions() as session:
+            return session.scalar(select(Instance.id).limit(1)) is None
+
+    def ingest(
+        self, path: Path, source: Source | None = None, *, move: bool = False
+    ) -> IngestResult:
+        """Store the DICOM file at ``path`` and index it.
+
+        With ``move=True`` the file is consumed (a received temporary file);
+        otherwise it is copied and left where it is (``pacs import``).
+        """
+        started = time.perf_counter()
+        source = source or Source()
+        try:
+            result = self._ingest(path, source, move)
+        finally:
+            if move:
+                path.unlink(missing_ok=True)
+        INSTANCES.labels(result.outcome.value).inc()
+        if result.outcome in (Outcome.STORED, Outcome.REPLACED):
+            STORE_SECONDS.observe(time.perf_counter() - started)
+        if not result.ok:
+            log.warning("rejected %s from %r: %s", path.name, source.ae_title, result.reason)
+        return result
+
+    def _ingest(self, path: Path, source: Source, move: bool) -> IngestResult:
+        try:
+            header = read_header(path)
+            _check_announced(header, source)
+        except MismatchedInstance as exc:
+            return _rejected(Problem.MISMATCH, str(exc), source)
+        except InvalidInstance as exc:
+            return _rejected(Problem.INVALID, str(exc), source)
+        try:
+            staged, sha256 = self._stage(path, move)
+        except OSError as exc:
+            return _rejected(Problem.OUT_OF_RESOURCES, f"cannot stage file: {exc}", source)
+        try:
+            return self._commit(header, staged, sha256, source)
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def _stage(self, path: Path, move: bool) -> tuple[Path, str]:
+        """Put the bytes in the staging folder (rename if possible) and hash them."""
+        digest = hashlib.sha256()
+        if move and path.parent == self.blobs.staging_dir():
+            with path.open("rb") as fh:
+                while chunk := fh.read(_CHUNK):
+                    digest.update(chunk)
+            return path, digest.hexdigest()
+        staged = self.blobs.new_staging_file()
+        with path.open("rb") as src, staged.open("wb") as dst:
+            while chunk := src.read(_CHUNK):
+                digest.update(chunk)
+                dst.write(chunk)
+        return staged, digest.hexdigest()
+
+    def _commit(self, header: Header, staged: Path, sha256: str, source: Source) -> IngestResult:
+        ds = header.dataset
+        uid = str(ds.SOPInstanceUID)
+        result = IngestResult(Outcome.STORED, uid, str(ds.SOPClassUID), str(ds.StudyInstanceUID))
+        with self._locks[hash(uid) % len(self._locks)]:
+            for attempt in range(3):
+                try:
+                    return self._write(header, staged, sha256, source, result)
+                except IntegrityError:
+                    # Another writer created the same patient/study/series first.
+                    if attempt == 2:
+                        raise
+                except (BlobStoreError, OperationalError) as exc:
+                    log.error("cannot store %s: %s", uid, exc)
+                    return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
+        raise AssertionError("unreachable")
+
+    def _write(
+        self,
+        header: Header,
+        staged: Path,
+        sha256: str,
+        source: Source,
+        result: IngestResult,
+    ) -> IngestResult:
+        uid = result.sop_instance_uid
+        with self.sessions() as session:
+            existing = find_instance(session, uid)
+            if existing is not None:
+                if existing.sha256 == sha256:
+                    return _with(result, Outcome.DUPLICATE, "identical instance already stored")
+                if self.policy is DuplicatePolicy.KEEP_FIRST:
+                    log.warning(
+                        "%s sent %s again with other content: kept the first", source.ae_title, uid
+                    )
+                    return _with(
+                        result,
+                        Outcome.KEPT_EXISTING,
+                        "different instance with this "
+                        "SOP Instance UID already stored; kept the first",
+                    )
+                if self.policy is DuplicatePolicy.REJECT:
+                    return _rejected(
+                        Problem.CONFLICT,
+                        "SOP Instance UID already stored with different content",
+                        source,
+                        result,
+                    )
+                remove_instance(session, existing)
+            key = blob_key(uid)
+            stored = {
+                "blob_key": key,
+                "file_size": header.file_size,
+                "sha256": sha256,
+                "transfer_syntax_uid": str(header.transfer_syntax_uid),
+                "source_ae": source.ae_title[:16],
+            }
+            add_instance(session, extract(header.dataset), stored, site=source.site)
+            session.flush()
+            self.blobs.put(key, staged)
+            try:
+                session.commit()
+            except Exception:
+                if existing is None:
+                    self.blobs.delete(key)
+                raise
+        BYTES.inc(header.file_size)
+        return _with(result, Outcome.REPLACED if existing else Outcome.STORED)
+
+
+def _check_announced(header: Header, source: Source) -> None:
+    ds = header.dataset
+    if source.sop_instance_uid and source.sop_instance_uid != str(ds.SOPInstanceUID):
+        raise MismatchedInstance(
+            f"dataset SOPInstanceUID {ds.SOPInstanceUID} is not the announced "
+            f"{source.sop_instance_uid}"
+        )
+    if source.sop_class_uid and source.sop_class_uid != str(ds.SOPClassUID):
+        raise MismatchedInstance(
+            f"dataset SOPClassUID {ds.SOPClassUID} is not the announced {source.sop_class_uid}"
+        )
+
+
+def _with(result: IngestResult, outcome: Outcome, reason: str = "") -> IngestResult:
+    return IngestResult(
+        outcome, result.sop_instance_uid, result.sop_class_uid, result.study_instance_uid, reason
+    )
+
+
+def _rejected(
+    problem: Problem, reason: str, source: Source, result: IngestResult | None = None
+) -> IngestResult:
+    uid = result.sop_instance_uid if result else (source.sop_instance_uid or "")
+    return IngestResult(Outcome.REJECTED, uid, reason=reason, problem=problem)

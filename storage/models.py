@@ -1,0 +1,197 @@
+"""The SQL index: patient / study / series / instance, users and API tokens.
+
+Every attribute QIDO-RS (PS3.18 Table 10.6.3-3/4/5) and C-FIND (PS3.4 C.6.1.1 and
+C.6.2.1) match on or return at each level has a column here, so queries are
+answered from the database alone and never by opening files. Matched columns are
+indexed with their plain type (dcm4chee lost two orders of magnitude at 10^6 rows to
+a UID compared through a type conversion). Person names have a folded ``*_key``
+column next to them for case- and accent-insensitive search.
+
+Computed return attributes (ModalitiesInStudy, NumberOfStudyRelated*...) are kept
+as denormalised columns maintained by ingest, so a study list is one indexed scan.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+DA = String(8)  # YYYYMMDD, compared as text: ranges stay indexable
+TM = String(16)  # HHMMSS.FFFFFF
+PN = String(324)  # up to 5 components of 64 chars per representation
+LO = String(64)
+SH = String(16)
+CS = String(16)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Patient(Base):
+    """A patient is (issuer, PatientID): the same ID from two hospitals is two people."""
+
+    __tablename__ = "patients"
+    __table_args__ = (
+        UniqueConstraint("issuer", "patient_id", name="uq_patient_identity"),
+        # varchar_pattern_ops lets PostgreSQL answer LIKE 'nguyen%' from the index.
+        Index(
+            "ix_patients_patient_name_key",
+            "patient_name_key",
+            postgresql_ops={"patient_name_key": "varchar_pattern_ops"},
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    issuer: Mapped[str] = mapped_column(LO, default="")
+    patient_id: Mapped[str] = mapped_column(LO, index=True)
+    patient_name: Mapped[str] = mapped_column(PN, default="")
+    patient_name_key: Mapped[str] = mapped_column(PN, default="")
+    patient_birth_date: Mapped[str] = mapped_column(DA, default="", index=True)
+    patient_birth_time: Mapped[str] = mapped_column(TM, default="")
+    patient_sex: Mapped[str] = mapped_column(CS, default="")
+    other_patient_ids: Mapped[str] = mapped_column(Text, default="")
+    ethnic_group: Mapped[str] = mapped_column(SH, default="")
+    patient_comments: Mapped[str] = mapped_column(Text, default="")
+
+    studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+class Study(Base):
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_date_time", "study_date", "study_time"),
+        Index(
+            "ix_studies_referring_physician_name_key",
+            "referring_physician_name_key",
+            postgresql_ops={"referring_physician_name_key": "varchar_pattern_ops"},
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_date: Mapped[str] = mapped_column(DA, default="")
+    study_time: Mapped[str] = mapped_column(TM, default="")
+    accession_number: Mapped[str] = mapped_column(SH, default="", index=True)
+    issuer_of_accession_number: Mapped[str] = mapped_column(LO, default="")
+    study_id: Mapped[str] = mapped_column(SH, default="", index=True)
+    study_description: Mapped[str] = mapped_column(LO, default="")
+    referring_physician_name: Mapped[str] = mapped_column(PN, default="")
+    referring_physician_name_key: Mapped[str] = mapped_column(PN, default="")
+    timezone_offset_from_utc: Mapped[str] = mapped_column(SH, default="")
+    patient_age: Mapped[str] = mapped_column(String(4), default="")
+    patient_size: Mapped[str] = mapped_column(String(16), default="")
+    patient_weight: Mapped[str] = mapped_column(String(16), default="")
+    institution_name: Mapped[str] = mapped_column(LO, default="")
+    # Computed attributes, kept up to date by ingest (backslash-joined sets).
+    modalities_in_study: Mapped[str] = mapped_column(String(128), default="", index=True)
+    sop_classes_in_study: Mapped[str] = mapped_column(Text, default="")
+    number_of_series: Mapped[int] = mapped_column(Integer, default=0)
+    number_of_instances: Mapped[int] = mapped_column(Integer, default=0)
+    # Provenance: who sent it, from which site, and when it last changed.
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    source_site: Mapped[str] = mapped_column(LO, default="", index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    patient: Mapped[Patient] = relationship(back_populates="studies")
+    series: Mapped[list[Series]] = relationship(back_populates="study")
+
+
+class Series(Base):
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str] = mapped_column(CS, default="", index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str] = mapped_column(LO, default="")
+    series_date: Mapped[str] = mapped_column(DA, default="")
+    series_time: Mapped[str] = mapped_column(TM, default="")
+    body_part_examined: Mapped[str] = mapped_column(CS, default="", index=True)
+    laterality: Mapped[str] = mapped_column(CS, default="")
+    protocol_name: Mapped[str] = mapped_column(LO, default="")
+    station_name: Mapped[str] = mapped_column(SH, default="")
+    institution_name: Mapped[str] = mapped_column(LO, default="")
+    manufacturer: Mapped[str] = mapped_column(LO, default="")
+    performed_procedure_step_start_date: Mapped[str] = mapped_column(DA, default="")
+    performed_procedure_step_start_time: Mapped[str] = mapped_column(TM, default="")
+    scheduled_procedure_step_id: Mapped[str] = mapped_column(SH, default="")
+    requested_procedure_id: Mapped[str] = mapped_column(SH, default="")
+    timezone_offset_from_utc: Mapped[str] = mapped_column(SH, default="")
+    number_of_instances: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID, index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    content_date: Mapped[str] = mapped_column(DA, default="")
+    content_time: Mapped[str] = mapped_column(TM, default="")
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    bits_allocated: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    photometric_interpretation: Mapped[str] = mapped_column(CS, default="")
+    slice_location: Mapped[float | None] = mapped_column(Float)
+    specific_character_set: Mapped[str] = mapped_column(String(64), default="")
+    # The stored file: where, how big, its hash and the syntax it was received in.
+    blob_key: Mapped[str] = mapped_column(String(80))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    source_ae: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    tokens: Mapped[list[ApiToken]] = relationship(
+        back_populates="user", cascade="all, delete-orphan"
+    )
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is kept, so a leaked database leaks no tokens."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    user_pk: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+    user: Mapped[User] = relationship(back_populates="tokens")

@@ -1,0 +1,153 @@
+"""Shared fixtures: archives on SQLite and PostgreSQL, a live ``pacs serve``, DCMTK."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from storage import Archive, open_archive
+from storage.database import upgrade
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_dicom"
+PG_ADMIN_DSN = os.environ.get("PACS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_PASSWORD = "test-admin-password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool the tests depend on; a missing one fails, never skips."""
+    path = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if path is None:
+        pytest.fail(f"{name} is not installed: run `make test`, which installs it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session (PostgreSQL must be running)."""
+    name = f"pacs_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    yield f"{base}/{name}"
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _reset_postgres(url: str) -> None:
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    url = request.getfixturevalue("postgres_database")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def archive(database_url: str, tmp_path: Path) -> Iterator[Archive]:
+    arch = open_archive(database_url, (tmp_path / "blobs").as_uri())
+    upgrade(arch.sessions.kw["bind"])
+    yield arch
+    arch.sessions.kw["bind"].dispose()
+
+
+class Server:
+    """A real ``pacs serve`` process on free ports, with its own data folder."""
+
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.env = {
+            **os.environ,
+            "PACS_DATA_DIR": str(data_dir),
+            "PACS_DICOM_PORT": str(self.dicom_port),
+            "PACS_HTTP_PORT": str(self.http_port),
+            "PACS_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            **(extra_env or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = data_dir / "server.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pacs.cli", "serve"], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pacs serve exited:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"pacs serve did not start:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def archive(self) -> Archive:
+        """Open the server's own index and blobs (as `pacs check` would)."""
+        return open_archive(
+            f"sqlite:///{self.data_dir.resolve() / 'index.sqlite'}",
+            (self.data_dir.resolve() / "blobs").as_uri(),
+        )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path / "pacs-data")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run a command with Nagle off for DCMTK, capturing text output."""
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
