@@ -22,7 +22,7 @@ $(TEST_STAMP): pyproject.toml | $(BIN)/python
 
 # Loads sample_dicom/ on the first start (an empty index), then serves.
 run: $(STAMP)
-	$(BIN)/pacs import --if-empty sample_dicom
+	$(BIN)/pacs import --if-empty $(wildcard sample_dicom/*/)
 	$(BIN)/pacs serve
 
 system-tools:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import unicodedata
 import warnings
 
-from pydicom.charset import decode_bytes
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset
 
 # PN component delimiters: '^' between name parts, '=' between representations.
@@ -35,7 +35,7 @@ def character_sets(ds: Dataset) -> list[str]:
 
 def decode_text(value: bytes, charsets: list[str], *, person_name: bool = False) -> str:
     """Decode the raw bytes of a string element; never raises."""
-    if value.isascii():
+    if value.isascii() and b"\x1b" not in value:  # ISO 2022 escapes are 7-bit too
         return value.decode("ascii")
     labels = set(charsets)
     if labels & _UTF8_LABELS or (labels <= _SINGLE_BYTE_LABELS and _is_utf8(value)):
@@ -44,7 +44,7 @@ def decode_text(value: bytes, charsets: list[str], *, person_name: bool = False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return decode_bytes(value, charsets, delimiters)
+            return decode_bytes(value, convert_encodings(charsets), delimiters)
         except (LookupError, ValueError):
             return value.decode("latin-1")
 
