@@ -13,6 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
+from api import dicomweb
+from api.audit import AuditLog, AuditMiddleware
 from api.auth import Principal, basic_cache, current_user, require_role
 from storage import Archive
 from storage.users import Role, UserError, authenticate, create_user, issue_token, list_users
@@ -46,6 +48,9 @@ class UserOut(BaseModel):
 def create_app(archive: Archive, *, token_ttl: timedelta = timedelta(hours=12)) -> FastAPI:
     app = FastAPI(title="Provincial imaging exchange", version="0.1.0")
     app.state.archive = archive
+    app.state.audit = AuditLog(archive.sessions)
+    app.add_middleware(AuditMiddleware, audit_log=app.state.audit)
+    app.include_router(dicomweb.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -91,5 +96,3 @@ def create_app(archive: Archive, *, token_ttl: timedelta = timedelta(hours=12)) 
         return UserOut(username=body.username, role=body.role)
 
     return app
-
-

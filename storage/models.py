@@ -195,3 +195,21 @@ class ApiToken(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class AuditEvent(Base):
+    """Who read or changed what, when, from where (one row per HTTP request)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    username: Mapped[str] = mapped_column(String(64), index=True)
+    client: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(Text)
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="", index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    status: Mapped[int] = mapped_column(Integer)

@@ -1,0 +1,70 @@
+"""What every DICOMweb route shares: who may read, DICOM JSON, compressed JSON bodies."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable
+from typing import Annotated, Any
+
+from fastapi import Depends, Request, Response
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from api.auth import Principal, require_role
+from storage.users import Role
+
+DICOM_JSON = "application/dicom+json"
+Reader = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.RADIOLOGIST, Role.REFERRING))]
+Storer = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.RADIOLOGIST, Role.MODALITY))]
+
+_NUMERIC_VRS = {"IS", "US", "UL", "SS", "SL", "UV", "SV"}
+_FLOAT_VRS = {"DS", "FL", "FD"}
+_GZIP_MIN_BYTES = 1024
+
+
+def json_element(keyword: str, value: Any) -> tuple[str, dict[str, Any]]:
+    """One DICOM JSON (PS3.18 F.2) attribute from an index value."""
+    tag = f"{tag_for_keyword(keyword):08X}"
+    vr = str(dictionary_VR(keyword))
+    element: dict[str, Any] = {"vr": vr}
+    values = _values(value, vr)
+    if values:
+        element["Value"] = values
+    return tag, element
+
+
+def _values(value: Any, vr: str) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [value]
+    parts = str(value).split("\\")
+    if vr == "PN":
+        return [_person_name(p) for p in parts]
+    if vr in _NUMERIC_VRS:
+        return [int(float(p)) for p in parts if p.strip()]
+    if vr in _FLOAT_VRS:
+        return [float(p) for p in parts if p.strip()]
+    return parts
+
+
+def _person_name(value: str) -> dict[str, str]:
+    groups = value.split("=")
+    names = ("Alphabetic", "Ideographic", "Phonetic")
+    return {name: group for name, group in zip(names, groups, strict=False) if group}
+
+
+def json_response(
+    request: Request, payload: Any, headers: dict[str, str] | None = None
+) -> Response:
+    """A DICOM JSON response, gzipped when the client accepts it and it is worth it."""
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    out_headers = {"Vary": "Accept-Encoding", **(headers or {})}
+    if len(body) >= _GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, compresslevel=5)
+        out_headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=DICOM_JSON, headers=out_headers)
+
+
+def dataset_json(items: Iterable[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
+    return dict(json_element(keyword, value) for keyword, value in items)

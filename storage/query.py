@@ -1,0 +1,368 @@
+"""The query planner: one matcher for QIDO-RS and C-FIND.
+
+A :class:`Query` names a level (PS3.4 C.6: PATIENT, STUDY, SERIES, IMAGE), the
+match keys and the attributes to return; :func:`search` turns it into one SQL
+statement over the index and yields one ``{keyword: value}`` mapping per match.
+Matching follows PS3.4 C.2.2.2:
+
+- universal match: an empty value matches everything and only asks for the
+  attribute to be returned;
+- single value: exact, except person names, which always compare folded
+  (case- and accent-insensitive, ``đ`` -> ``d``) and match the family name;
+- wildcards ``*`` and ``?`` (SQL ``LIKE`` with its own characters escaped);
+- UID lists separated by ``\\`` or ``,``;
+- ranges ``A-B``, ``A-``, ``-B`` on DA and TM;
+- multi-valued computed attributes (ModalitiesInStudy) match if any value does.
+
+``fuzzy`` (QIDO ``fuzzymatching=true``) lets a person-name value match the start
+of any name component: ``van`` finds ``Nguyễn^Văn An``.
+
+Bad values raise :class:`QueryError` (a 400 or a C-FIND failure), never a broader
+result than asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from pacs.charset import search_key
+from storage.header import is_valid_uid
+from storage.models import Instance, Patient, Series, Study
+
+
+class Level(StrEnum):
+    PATIENT = "PATIENT"
+    STUDY = "STUDY"
+    SERIES = "SERIES"
+    IMAGE = "IMAGE"
+
+
+_DEPTH = {Level.PATIENT: 0, Level.STUDY: 1, Level.SERIES: 2, Level.IMAGE: 3}
+
+
+class QueryError(ValueError):
+    """A query the archive refuses (unknown key, malformed value)."""
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """An attribute the index can match on and return."""
+
+    keyword: str
+    level: Level
+    column: InstrumentedAttribute[Any]
+    key_column: InstrumentedAttribute[Any] | None = None  # folded twin for PN
+    multi_valued: bool = False  # stored backslash-joined
+
+    @property
+    def vr(self) -> str:
+        return str(dictionary_VR(self.keyword))
+
+    @property
+    def tag(self) -> int:
+        return int(tag_for_keyword(self.keyword))  # type: ignore[arg-type]
+
+
+def _attributes() -> dict[str, Attribute]:
+    a = Attribute
+    items = [
+        a("PatientName", Level.PATIENT, Patient.patient_name, Patient.patient_name_key),
+        a("PatientID", Level.PATIENT, Patient.patient_id),
+        a("IssuerOfPatientID", Level.PATIENT, Patient.issuer),
+        a("PatientBirthDate", Level.PATIENT, Patient.patient_birth_date),
+        a("PatientBirthTime", Level.PATIENT, Patient.patient_birth_time),
+        a("PatientSex", Level.PATIENT, Patient.patient_sex),
+        a("OtherPatientIDs", Level.PATIENT, Patient.other_patient_ids, multi_valued=True),
+        a("EthnicGroup", Level.PATIENT, Patient.ethnic_group),
+        a("PatientComments", Level.PATIENT, Patient.patient_comments),
+        a("StudyInstanceUID", Level.STUDY, Study.study_instance_uid),
+        a("StudyDate", Level.STUDY, Study.study_date),
+        a("StudyTime", Level.STUDY, Study.study_time),
+        a("AccessionNumber", Level.STUDY, Study.accession_number),
+        a("StudyID", Level.STUDY, Study.study_id),
+        a("StudyDescription", Level.STUDY, Study.study_description),
+        a(
+            "ReferringPhysicianName",
+            Level.STUDY,
+            Study.referring_physician_name,
+            Study.referring_physician_name_key,
+        ),
+        a("TimezoneOffsetFromUTC", Level.STUDY, Study.timezone_offset_from_utc),
+        a("PatientAge", Level.STUDY, Study.patient_age),
+        a("PatientSize", Level.STUDY, Study.patient_size),
+        a("PatientWeight", Level.STUDY, Study.patient_weight),
+        a("ModalitiesInStudy", Level.STUDY, Study.modalities_in_study, multi_valued=True),
+        a("SOPClassesInStudy", Level.STUDY, Study.sop_classes_in_study, multi_valued=True),
+        a("NumberOfStudyRelatedSeries", Level.STUDY, Study.number_of_series),
+        a("NumberOfStudyRelatedInstances", Level.STUDY, Study.number_of_instances),
+        a("SeriesInstanceUID", Level.SERIES, Series.series_instance_uid),
+        a("Modality", Level.SERIES, Series.modality),
+        a("SeriesNumber", Level.SERIES, Series.series_number),
+        a("SeriesDescription", Level.SERIES, Series.series_description),
+        a("SeriesDate", Level.SERIES, Series.series_date),
+        a("SeriesTime", Level.SERIES, Series.series_time),
+        a("BodyPartExamined", Level.SERIES, Series.body_part_examined),
+        a("Laterality", Level.SERIES, Series.laterality),
+        a("ProtocolName", Level.SERIES, Series.protocol_name),
+        a("StationName", Level.SERIES, Series.station_name),
+        a("InstitutionName", Level.SERIES, Series.institution_name),
+        a("Manufacturer", Level.SERIES, Series.manufacturer),
+        a(
+            "PerformedProcedureStepStartDate",
+            Level.SERIES,
+            Series.performed_procedure_step_start_date,
+        ),
+        a(
+            "PerformedProcedureStepStartTime",
+            Level.SERIES,
+            Series.performed_procedure_step_start_time,
+        ),
+        a("NumberOfSeriesRelatedInstances", Level.SERIES, Series.number_of_instances),
+        a("SOPInstanceUID", Level.IMAGE, Instance.sop_instance_uid),
+        a("SOPClassUID", Level.IMAGE, Instance.sop_class_uid),
+        a("InstanceNumber", Level.IMAGE, Instance.instance_number),
+        a("ContentDate", Level.IMAGE, Instance.content_date),
+        a("ContentTime", Level.IMAGE, Instance.content_time),
+        a("Rows", Level.IMAGE, Instance.rows),
+        a("Columns", Level.IMAGE, Instance.columns),
+        a("BitsAllocated", Level.IMAGE, Instance.bits_allocated),
+        a("NumberOfFrames", Level.IMAGE, Instance.number_of_frames),
+        a("PhotometricInterpretation", Level.IMAGE, Instance.photometric_interpretation),
+        a("SliceLocation", Level.IMAGE, Instance.slice_location),
+        a("AvailableTransferSyntaxUID", Level.IMAGE, Instance.transfer_syntax_uid),
+    ]
+    return {item.keyword: item for item in items}
+
+
+ATTRIBUTES = _attributes()
+
+# What a query at each level returns without being asked (PS3.18 Table 10.6.3-3/4/5
+# and PS3.4 C.6.1.1), beyond its match keys.
+DEFAULT_RETURN: dict[Level, tuple[str, ...]] = {
+    Level.PATIENT: ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+                    "PatientSex"),
+    Level.STUDY: (
+        "StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy",
+        "ReferringPhysicianName", "TimezoneOffsetFromUTC", "PatientName", "PatientID",
+        "IssuerOfPatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID",
+        "StudyDescription", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    ),
+    Level.SERIES: (
+        "Modality", "SeriesDescription", "SeriesInstanceUID", "SeriesNumber",
+        "NumberOfSeriesRelatedInstances", "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime", "TimezoneOffsetFromUTC", "BodyPartExamined",
+        "StudyInstanceUID",
+    ),
+    Level.IMAGE: (
+        "SOPClassUID", "SOPInstanceUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated",
+        "NumberOfFrames", "AvailableTransferSyntaxUID", "StudyInstanceUID", "SeriesInstanceUID",
+    ),
+}  # fmt: skip
+
+_MODEL_OF = {
+    Level.PATIENT: Patient,
+    Level.STUDY: Study,
+    Level.SERIES: Series,
+    Level.IMAGE: Instance,
+}
+_ORDER = {
+    Level.PATIENT: (Patient.patient_name_key, Patient.id),
+    Level.STUDY: (Study.study_date.desc(), Study.study_time.desc(), Study.id.desc()),
+    Level.SERIES: (Series.series_number, Series.id),
+    Level.IMAGE: (Instance.instance_number, Instance.id),
+}
+_DATE = re.compile(r"\d{8}")
+_TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
+
+
+@dataclass
+class Query:
+    """A search at one level with match keys ``{keyword: value}``."""
+
+    level: Level
+    match: dict[str, str] = field(default_factory=dict)
+    include: set[str] = field(default_factory=set)
+    include_all: bool = False
+    fuzzy: bool = False
+    limit: int | None = None
+    offset: int = 0
+
+
+def resolve_keyword(name: str) -> str:
+    """A keyword for ``name`` given as a keyword or a tag (``00100010``); else QueryError."""
+    if re.fullmatch(r"[0-9A-Fa-f]{8}", name):
+        keyword = keyword_for_tag(int(name, 16))
+        if keyword:
+            return str(keyword)
+    elif tag_for_keyword(name) is not None:
+        return name
+    raise QueryError(f"{name!r} is not a DICOM keyword or tag")
+
+
+def returned_keywords(query: Query) -> list[str]:
+    """The attributes each result carries, in a stable order."""
+    depth = _DEPTH[query.level]
+    if query.include_all:
+        wanted = [k for k, a in ATTRIBUTES.items() if _DEPTH[a.level] <= depth]
+    else:
+        wanted = [*DEFAULT_RETURN[query.level], *query.match, *sorted(query.include)]
+    seen: dict[str, None] = {}
+    for keyword in wanted:
+        attribute = ATTRIBUTES.get(keyword)
+        if attribute is not None and _DEPTH[attribute.level] <= depth:
+            seen[keyword] = None
+    return list(seen)
+
+
+def search(session: Session, query: Query) -> Iterator[dict[str, Any]]:
+    """Run ``query``; yields ``{keyword: value}`` per match (``limit`` + ``offset`` applied)."""
+    keywords = returned_keywords(query)
+    statement = build_statement(query, keywords)
+    for row in session.execute(statement):
+        yield dict(zip(keywords, row, strict=True))
+
+
+def build_statement(query: Query, keywords: Sequence[str]) -> Select[Any]:
+    columns = [ATTRIBUTES[k].column for k in keywords]
+    statement = select(*columns).select_from(_MODEL_OF[query.level])
+    statement = _join_upwards(statement, query.level)
+    for keyword, value in query.match.items():
+        statement = statement.where(_condition(keyword, value, query))
+    statement = statement.order_by(*_ORDER[query.level])
+    if query.offset:
+        statement = statement.offset(query.offset)
+    if query.limit is not None:
+        statement = statement.limit(query.limit)
+    return statement
+
+
+def _join_upwards(statement: Select[Any], level: Level) -> Select[Any]:
+    if _DEPTH[level] >= 3:
+        statement = statement.join(Series, Instance.series_pk == Series.id)
+    if _DEPTH[level] >= 2:
+        statement = statement.join(Study, Series.study_pk == Study.id)
+    if _DEPTH[level] >= 1:
+        statement = statement.join(Patient, Study.patient_pk == Patient.id)
+    return statement
+
+
+def _condition(keyword: str, value: str, query: Query) -> ColumnElement[bool]:
+    attribute = ATTRIBUTES.get(keyword)
+    if attribute is None:
+        raise QueryError(f"{keyword} is not a supported match key")
+    if _DEPTH[attribute.level] > _DEPTH[query.level]:
+        raise QueryError(f"{keyword} is below the {query.level.value} level")
+    if value == "":
+        return true()  # universal match: return it, do not filter
+    vr = attribute.vr
+    if vr == "UI":
+        return _uid_list(attribute, value)
+    if vr in ("DA", "TM"):
+        return _range(attribute, value, vr)
+    if attribute.column.type.python_type in (int, float):
+        return _number(attribute, value)
+    if vr == "PN":
+        return _person_name(attribute, value, query.fuzzy)
+    if attribute.multi_valued:
+        return or_(*(_any_value(attribute, v) for v in _split_list(value)))
+    return _text(attribute.column, value)
+
+
+def _split_list(value: str) -> list[str]:
+    return [v for v in re.split(r"[\\,]", value) if v]
+
+
+def _uid_list(attribute: Attribute, value: str) -> ColumnElement[bool]:
+    uids = _split_list(value)
+    bad = [u for u in uids if not is_valid_uid(u)]
+    if bad or not uids:
+        raise QueryError(f"{attribute.keyword}: {bad[0] if bad else value!r} is not a valid UID")
+    if attribute.multi_valued:
+        return or_(*(_any_value(attribute, u) for u in uids))
+    return attribute.column.in_(uids)
+
+
+def _range(attribute: Attribute, value: str, vr: str) -> ColumnElement[bool]:
+    pattern = _DATE if vr == "DA" else _TIME
+    if "-" in value:
+        low, _, high = value.partition("-")
+        for part in (low, high):
+            if part and not pattern.fullmatch(part):
+                raise QueryError(f"{attribute.keyword}: {value!r} is not a {vr} range")
+        if not low and not high:
+            raise QueryError(f"{attribute.keyword}: {value!r} is an empty range")
+        column = attribute.column
+        conditions = [column != ""]
+        if low:
+            conditions.append(column >= low)
+        if high:
+            # A time range up to 1200 includes 120059.999999: pad the bound.
+            conditions.append(column <= high + ("\uffff" if vr != "DA" else ""))
+        return and_(*conditions)
+    if not pattern.fullmatch(value):
+        raise QueryError(f"{attribute.keyword}: {value!r} is not a valid {vr}")
+    if vr == "DA":
+        return attribute.column == value
+    return attribute.column.like(_escape_like(value) + "%", escape="\\")
+
+
+def _number(attribute: Attribute, value: str) -> ColumnElement[bool]:
+    convert = attribute.column.type.python_type
+    try:
+        numbers = [convert(v) for v in _split_list(value)]
+    except ValueError as exc:
+        raise QueryError(f"{attribute.keyword}: {value!r} is not a number") from exc
+    return attribute.column.in_(numbers) if numbers else false()
+
+
+def _person_name(attribute: Attribute, value: str, fuzzy: bool) -> ColumnElement[bool]:
+    key_column = attribute.key_column
+    assert key_column is not None
+    key = search_key(value)
+    if "*" in key or "?" in key:
+        return key_column.like(_wildcards_to_like(key), escape="\\")
+    escaped = _escape_like(key)
+    family_or_whole = or_(key_column == key, key_column.like(escaped + "^%", escape="\\"))
+    if not fuzzy:
+        return family_or_whole
+    # Fuzzy: the value starts any name component (after '^', ' ' or '=').
+    return or_(
+        key_column.like(escaped + "%", escape="\\"),
+        key_column.like("%^" + escaped + "%", escape="\\"),
+        key_column.like("% " + escaped + "%", escape="\\"),
+        key_column.like("%=" + escaped + "%", escape="\\"),
+    )
+
+
+def _text(column: InstrumentedAttribute[Any], value: str) -> ColumnElement[bool]:
+    if "*" in value or "?" in value:
+        return column.like(_wildcards_to_like(value), escape="\\")
+    return column == value
+
+
+def _any_value(attribute: Attribute, value: str) -> ColumnElement[bool]:
+    """One value of a backslash-joined multi-valued column equals ``value``."""
+    column = attribute.column
+    escaped = _escape_like(value)
+    return or_(
+        column == value,
+        column.like(escaped + "\\\\%", escape="\\"),
+        column.like("%\\\\" + escaped, escape="\\"),
+        column.like("%\\\\" + escaped + "\\\\%", escape="\\"),
+    )
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _wildcards_to_like(value: str) -> str:
+    return _escape_like(value).replace("*", "%").replace("?", "_")
