@@ -16,6 +16,7 @@ from sqlalchemy import text
 from api import dicomweb
 from api.audit import AuditLog, AuditMiddleware
 from api.auth import Principal, basic_cache, current_user, require_role
+from pacs.settings import Settings
 from storage import Archive
 from storage.users import Role, UserError, authenticate, create_user, issue_token, list_users
 
@@ -45,9 +46,12 @@ class UserOut(BaseModel):
     role: Role
 
 
-def create_app(archive: Archive, *, token_ttl: timedelta = timedelta(hours=12)) -> FastAPI:
+def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    token_ttl = timedelta(seconds=settings.token_ttl_seconds)
     app = FastAPI(title="Provincial imaging exchange", version="0.1.0")
     app.state.archive = archive
+    app.state.settings = settings
     app.state.audit = AuditLog(archive.sessions)
     app.add_middleware(AuditMiddleware, audit_log=app.state.audit)
     app.include_router(dicomweb.router)

@@ -33,7 +33,7 @@ def serve(settings: Settings, only: Only = None) -> None:
     dicom = start_dicom_server(archive, settings) if only in (None, "dicom") else None
     try:
         if only in (None, "http"):
-            app = create_app(archive, token_ttl=timedelta(seconds=settings.token_ttl_seconds))
+            app = create_app(archive, settings)
             uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
         else:
             _wait_for_signal()
