@@ -60,19 +60,29 @@ def _reset_postgres(url: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def fresh_database_url(request: pytest.FixtureRequest, folder: Path) -> str:
+    """An empty index database of the kind ``request.param`` names."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'index.sqlite'}"
-    url = request.getfixturevalue("postgres_database")
+        return f"sqlite:///{folder / 'index.sqlite'}"
+    url: str = request.getfixturevalue("postgres_database")
     _reset_postgres(url)
     return url
 
 
+def migrated_archive(database_url: str, folder: Path) -> Archive:
+    arch = open_archive(database_url, (folder / "blobs").as_uri())
+    upgrade(arch.sessions.kw["bind"])
+    return arch
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return fresh_database_url(request, tmp_path)
+
+
 @pytest.fixture
 def archive(database_url: str, tmp_path: Path) -> Iterator[Archive]:
-    arch = open_archive(database_url, (tmp_path / "blobs").as_uri())
-    upgrade(arch.sessions.kw["bind"])
+    arch = migrated_archive(database_url, tmp_path)
     yield arch
     arch.sessions.kw["bind"].dispose()
 
