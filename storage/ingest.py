@@ -6,7 +6,7 @@ Order of events for a new instance, and why:
 1. read and check the header only (pixels are never decoded on ingest);
 2. stage the bytes in the store's staging folder and hash them;
 3. under a per-UID lock, compare with what the index holds (duplicates);
-4. fsync + rename the blob into place, then commit the index row;
+4. fsync + rename the blob into place, then write and commit the index row;
 5. only then report success. If the index write fails the new blob is removed
    again, so an error leaves nothing behind.
 """
@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from sqlalchemy import select
@@ -106,7 +107,10 @@ class Archive:
         self.blobs = blobs
         self.sessions = sessions
         self.policy = policy
-        self._locks = [threading.Lock() for _ in range(64)]
+        self._locks = [threading.Lock() for _ in range(64)]  # per SOP Instance UID
+        # One index writer per process: SQLite has one writer anyway, and it stops two
+        # associations of this process racing to create the same study.
+        self._index_lock = threading.Lock()
 
     def is_empty(self) -> bool:
         """True when no instance is indexed."""
@@ -172,17 +176,11 @@ class Archive:
         uid = str(ds.SOPInstanceUID)
         result = IngestResult(Outcome.STORED, uid, str(ds.SOPClassUID), str(ds.StudyInstanceUID))
         with self._locks[hash(uid) % len(self._locks)]:
-            for attempt in range(3):
-                try:
-                    return self._write(header, staged, sha256, source, result)
-                except IntegrityError:
-                    # Another writer created the same patient/study/series first.
-                    if attempt == 2:
-                        raise
-                except (BlobStoreError, OperationalError) as exc:
-                    log.error("cannot store %s: %s", uid, exc)
-                    return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
-        raise AssertionError("unreachable")
+            try:
+                return self._write(header, staged, sha256, source, result)
+            except (BlobStoreError, OperationalError) as exc:
+                log.error("cannot store %s: %s", uid, exc)
+                return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
 
     def _write(
         self,
@@ -192,49 +190,65 @@ class Archive:
         source: Source,
         result: IngestResult,
     ) -> IngestResult:
-        uid = result.sop_instance_uid
         with self.sessions() as session:
-            existing = find_instance(session, uid)
-            if existing is not None:
-                if existing.sha256 == sha256:
-                    return _with(result, Outcome.DUPLICATE, "identical instance already stored")
-                if self.policy is DuplicatePolicy.KEEP_FIRST:
-                    log.warning(
-                        "%s sent %s again with other content: kept the first", source.ae_title, uid
-                    )
-                    return _with(
-                        result,
-                        Outcome.KEPT_EXISTING,
-                        "different instance with this "
-                        "SOP Instance UID already stored; kept the first",
-                    )
-                if self.policy is DuplicatePolicy.REJECT:
-                    return _rejected(
-                        Problem.CONFLICT,
-                        "SOP Instance UID already stored with different content",
-                        source,
-                        result,
-                    )
-                remove_instance(session, existing)
-            key = blob_key(uid)
-            stored = {
-                "blob_key": key,
-                "file_size": header.file_size,
-                "sha256": sha256,
-                "transfer_syntax_uid": str(header.transfer_syntax_uid),
-                "source_ae": source.ae_title[:16],
-            }
-            add_instance(session, extract(header.dataset), stored, site=source.site)
-            session.flush()
-            self.blobs.put(key, staged)
-            try:
-                session.commit()
-            except Exception:
-                if existing is None:
-                    self.blobs.delete(key)
-                raise
+            existing = find_instance(session, result.sop_instance_uid)
+            existing_sha = existing.sha256 if existing else None
+        if existing_sha == sha256:
+            return _with(result, Outcome.DUPLICATE, "identical instance already stored")
+        if existing_sha and self.policy is DuplicatePolicy.KEEP_FIRST:
+            log.warning(
+                "%s resent %s with other content: kept the first",
+                source.ae_title,
+                result.sop_instance_uid,
+            )
+            return _with(
+                result,
+                Outcome.KEPT_EXISTING,
+                "different instance with this SOP Instance UID already stored; kept the first",
+            )
+        if existing_sha and self.policy is DuplicatePolicy.REJECT:
+            return _rejected(
+                Problem.CONFLICT,
+                "SOP Instance UID already stored with different content",
+                source,
+                result,
+            )
+        key = blob_key(result.sop_instance_uid)
+        stored = {
+            "blob_key": key,
+            "file_size": header.file_size,
+            "sha256": sha256,
+            "transfer_syntax_uid": str(header.transfer_syntax_uid),
+            "source_ae": source.ae_title[:16],
+        }
+        # The blob is durable before the index write begins, so the database's write
+        # lock is never held across a disk flush.
+        self.blobs.put(key, staged)
+        try:
+            self._index(header, stored, source.site, replace=existing_sha is not None)
+        except Exception:
+            if existing_sha is None:
+                self.blobs.delete(key)
+            raise
         BYTES.inc(header.file_size)
-        return _with(result, Outcome.REPLACED if existing else Outcome.STORED)
+        return _with(result, Outcome.REPLACED if existing_sha else Outcome.STORED)
+
+    def _index(self, header: Header, stored: dict[str, Any], site: str, *, replace: bool) -> None:
+        """Write the index rows; retried when another process created a parent row first."""
+        record = extract(header.dataset)
+        for attempt in range(3):
+            try:
+                with self._index_lock, self.sessions() as session:
+                    if replace and (
+                        old := find_instance(session, record.instance["sop_instance_uid"])
+                    ):
+                        remove_instance(session, old)
+                    add_instance(session, record, stored, site=site)
+                    session.commit()
+                    return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
 
 
 def _check_announced(header: Header, source: Source) -> None:
