@@ -8,12 +8,19 @@ exactly as received and pixels are never decoded (PS3.4 Annex B).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import socket
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -43,6 +50,7 @@ def build_ae(settings: Settings) -> AE:
     """An AE that accepts every storage SOP class (vendor-private ones too) in
     every transfer syntax pydicom knows, with a large maximum PDU."""
     _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = _ReceiveFile  # type: ignore[assignment]
     _config.UNRESTRICTED_STORAGE_SERVICE = True
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
@@ -79,8 +87,79 @@ def _handle_echo(event: evt.Event) -> int:
     return STATUS_SUCCESS
 
 
+class _ReceiveFile:
+    """The file pynetdicom streams a received data set into (it calls
+    ``NamedTemporaryFile(...)`` in its network thread), made safe for a full or
+    unwritable disk: there an ``OSError`` would kill the association with no
+    response at all. Instead the first error is remembered, the partial file
+    emptied to give the space back and the rest of the data set dropped, so the
+    C-STORE handler can answer 0xA700 and the association goes on.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.file = self  # pynetdicom calls ``.file.flush()``
+        self._fh: Any = None
+        try:
+            self._fh = tempfile.NamedTemporaryFile(**kwargs)  # noqa: SIM115 (closed by pynetdicom)
+            self.name: str = self._fh.name
+        except OSError as exc:
+            self.name = str(Path(tempfile.gettempdir(), f"{uuid.uuid4().hex}.failed"))
+            self._fail(exc)
+
+    def write(self, data: bytes) -> int:
+        if self._fh is not None:
+            try:
+                self._fh.write(data)
+            except OSError as exc:
+                self._fail(exc)
+        return len(data)
+
+    def flush(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self._fh.close()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        with _receive_errors_lock:
+            _receive_errors[self.name] = exc
+        if self._fh is not None:
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):
+                os.ftruncate(fh.fileno(), 0)  # give the space back at once
+            with contextlib.suppress(OSError):
+                fh.close()
+
+
+_receive_errors: dict[str, OSError] = {}  # received file path -> why receiving it failed
+_receive_errors_lock = threading.Lock()
+
+
+def _take_receive_error(path: Path) -> OSError | None:
+    """The error that stopped receiving into ``path``, if any (and forget it)."""
+    with _receive_errors_lock:
+        return _receive_errors.pop(str(path), None)
+
+
 def _handle_store(event: evt.Event, archive: Archive) -> Dataset:
     request = event.request
+    failed = _take_receive_error(event.dataset_path)
+    if failed is not None:
+        event.dataset_path.unlink(missing_ok=True)
+        uid = str(request.AffectedSOPInstanceUID)
+        log.error("cannot receive %s: %s", uid, failed)
+        reason = f"cannot write received data: {failed.strerror or failed}"
+        return store_status(
+            IngestResult(Outcome.REJECTED, uid, reason=reason, problem=Problem.OUT_OF_RESOURCES)
+        )
     source = Source(
         ae_title=event.assoc.requestor.ae_title,
         sop_instance_uid=str(request.AffectedSOPInstanceUID),

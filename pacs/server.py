@@ -26,6 +26,8 @@ Only = Literal["dicom", "http"] | None
 def serve(settings: Settings, only: Only = None) -> None:
     archive = archive_from_settings(settings, create_schema=True)
     archive.blobs.clear_staging(older_than=timedelta(hours=1))
+    if recovered := archive.recover_pending():
+        log.warning("indexed %d instances stored just before a crash", recovered)
     password = ensure_first_admin(archive, settings)
     if password:
         print(f"Created user 'admin' with password: {password}\n(shown once; change it with "

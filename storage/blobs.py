@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 STAGING = ".staging"
+PENDING = ".pending"
 
 
 class BlobStoreError(OSError):
@@ -62,6 +63,16 @@ class BlobStore(Protocol):
         """Open a blob for reading; raises :class:`FileNotFoundError` if absent."""
         ...
 
+    def mark_pending(self, key: str) -> None:
+        """Note that ``key`` is being written and indexed (crash recovery)."""
+        ...
+
+    def unmark_pending(self, key: str) -> None: ...
+
+    def pending_keys(self) -> list[str]:
+        """Keys marked pending: a crash may have left them stored but not indexed."""
+        ...
+
     def exists(self, key: str) -> bool: ...
 
     def delete(self, key: str) -> None: ...
@@ -83,6 +94,8 @@ class FileBlobStore:
         self.url = self.root.as_uri()
         self._staging = self.root / STAGING
         self._staging.mkdir(parents=True, exist_ok=True)
+        self._pending = self.root / PENDING
+        self._pending.mkdir(exist_ok=True)
 
     def staging_dir(self) -> Path:
         return self._staging
@@ -108,6 +121,21 @@ class FileBlobStore:
     def open(self, key: str) -> BinaryIO:
         return self._path(key).open("rb")
 
+    def mark_pending(self, key: str) -> None:
+        # Not fsynced: markers guard against a killed process, whose page cache
+        # survives; after a power cut `pacs check --rebuild` is the remedy.
+        (self._pending / Path(key).name).write_text(key)
+
+    def unmark_pending(self, key: str) -> None:
+        (self._pending / Path(key).name).unlink(missing_ok=True)
+
+    def pending_keys(self) -> list[str]:
+        keys = []
+        for marker in self._pending.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                keys.append(marker.read_text())
+        return keys
+
     def clear_staging(self, older_than: timedelta) -> int:
         """Remove staged files left by a crash; recent ones may belong to a live peer."""
         cutoff = time.time() - older_than.total_seconds()
@@ -128,7 +156,7 @@ class FileBlobStore:
 
     def iter_keys(self) -> Iterator[str]:
         for first in sorted(self.root.iterdir()):
-            if first.name == STAGING or not first.is_dir():
+            if first.name.startswith(".") or not first.is_dir():
                 continue
             for path in sorted(first.rglob("*.dcm")):
                 yield path.relative_to(self.root).as_posix()

@@ -13,11 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
 
 from storage.attributes import extract
-from storage.blobs import STAGING
-from storage.header import InvalidInstance, read_header
 from storage.index import add_instance
 from storage.ingest import Archive
 from storage.models import Instance, Patient, Series, Study
@@ -69,36 +66,18 @@ def rebuild(archive: Archive, progress: Progress | None = None) -> tuple[int, li
         for key in archive.blobs.iter_keys():
             if progress:
                 progress(1)
-            if not _reindex(archive, session, key):
+            found = archive.read_blob(key)
+            if found is None:
                 unreadable.append(key)
                 continue
+            header, stored = found
+            add_instance(session, extract(header.dataset), stored)
+            session.flush()
             count += 1
             if count % 1000 == 0:
                 session.commit()
         session.commit()
     return count, unreadable
-
-
-def _reindex(archive: Archive, session: Session, key: str) -> bool:
-    path = archive.blobs.local_path(key)
-    if path is None or STAGING in path.parts:
-        return False
-    try:
-        header = read_header(path)
-    except InvalidInstance as exc:
-        log.error("cannot index blob %s: %s", key, exc)
-        return False
-    size, sha = _sha256(archive, key) or (0, "")
-    stored = {
-        "blob_key": key,
-        "file_size": size,
-        "sha256": sha,
-        "transfer_syntax_uid": str(header.transfer_syntax_uid),
-        "source_ae": "",
-    }
-    add_instance(session, extract(header.dataset), stored)
-    session.flush()
-    return True
 
 
 def _sha256(archive: Archive, key: str) -> tuple[int, str] | None:

@@ -214,15 +214,12 @@ class Archive:
                 result,
             )
         key = blob_key(result.sop_instance_uid)
-        stored = {
-            "blob_key": key,
-            "file_size": header.file_size,
-            "sha256": sha256,
-            "transfer_syntax_uid": str(header.transfer_syntax_uid),
-            "source_ae": source.ae_title[:16],
-        }
+        stored = _stored_columns(key, header, sha256, source.ae_title)
         # The blob is durable before the index write begins, so the database's write
         # lock is never held across a disk flush.
+        # A pending marker covers the moment between the two: a process killed there
+        # leaves a stored, unindexed blob that recover_pending() indexes on restart.
+        self.blobs.mark_pending(key)
         self.blobs.put(key, staged)
         try:
             self._index(header, stored, source.site, replace=existing_sha is not None)
@@ -230,8 +227,43 @@ class Archive:
             if existing_sha is None:
                 self.blobs.delete(key)
             raise
+        finally:
+            self.blobs.unmark_pending(key)
         BYTES.inc(header.file_size)
         return _with(result, Outcome.REPLACED if existing_sha else Outcome.STORED)
+
+    def read_blob(self, key: str) -> tuple[Header, dict[str, Any]] | None:
+        """Header and storage columns of a blob already in the store, or ``None``
+        when it is unreadable (used to recover and to rebuild the index)."""
+        path = self.blobs.local_path(key)
+        if path is None:
+            return None
+        try:
+            header = read_header(path)
+        except (InvalidInstance, FileNotFoundError) as exc:
+            log.error("cannot index blob %s: %s", key, exc)
+            return None
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                digest.update(chunk)
+        return header, _stored_columns(key, header, digest.hexdigest(), "")
+
+    def recover_pending(self) -> int:
+        """Index blobs a killed process stored but did not index; returns how many."""
+        recovered = 0
+        for key in self.blobs.pending_keys():
+            found = self.read_blob(key) if self.blobs.exists(key) else None
+            if found is not None:
+                header, stored = found
+                with self.sessions() as session:
+                    indexed = find_instance(session, str(header.dataset.SOPInstanceUID))
+                if indexed is None:
+                    self._index(header, stored, "", replace=False)
+                    recovered += 1
+                    log.warning("recovered %s, stored but not indexed before a crash", key)
+            self.blobs.unmark_pending(key)
+        return recovered
 
     def _index(self, header: Header, stored: dict[str, Any], site: str, *, replace: bool) -> None:
         """Write the index rows; retried when another process created a parent row first."""
@@ -249,6 +281,16 @@ class Archive:
             except IntegrityError:
                 if attempt == 2:
                     raise
+
+
+def _stored_columns(key: str, header: Header, sha256: str, ae_title: str) -> dict[str, Any]:
+    return {
+        "blob_key": key,
+        "file_size": header.file_size,
+        "sha256": sha256,
+        "transfer_syntax_uid": str(header.transfer_syntax_uid),
+        "source_ae": ae_title[:16],
+    }
 
 
 def _check_announced(header: Header, source: Source) -> None:

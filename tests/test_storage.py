@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from storage import Archive, DuplicatePolicy, Outcome, Problem, Source
 from storage.check import check, rebuild
+from storage.index import remove_instance
 from storage.models import Instance, Patient, Series, Study
 from tests.conftest import SAMPLES
 
@@ -219,3 +220,27 @@ def test_rebuild_derives_the_index_from_the_files(archive: Archive) -> None:
         assert session.scalar(select(func.sum(Study.number_of_instances))) == 6
         assert count(archive, Series) == 2
     assert check(archive).consistent
+
+
+def test_a_crash_between_blob_and_index_is_recovered(archive: Archive) -> None:
+    """The state kill -9 leaves between the fsynced rename and the index commit."""
+    archive.ingest(CT_SLICES[0])
+    with archive.sessions() as session:
+        instance = session.scalars(select(Instance)).one()
+        key = instance.blob_key
+    with archive.sessions() as session:  # as if the index commit never happened
+        remove_instance(session, session.get_one(Instance, instance.id))
+        session.commit()
+    archive.blobs.mark_pending(key)
+    assert check(archive).unindexed == [key]
+    assert archive.recover_pending() == 1
+    assert check(archive).consistent
+    assert archive.blobs.pending_keys() == []
+    assert archive.recover_pending() == 0
+
+
+def test_no_pending_marker_outlives_an_ingest(archive: Archive, tmp_path: Path) -> None:
+    archive.ingest(CT_SLICES[0])
+    archive.ingest(_altered_copy(CT_SLICES[0], tmp_path))
+    archive.ingest(_write(tmp_path, "junk.dcm", b"junk"))
+    assert archive.blobs.pending_keys() == []
