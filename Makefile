@@ -38,5 +38,11 @@ test: $(TEST_STAMP) system-tools
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-bench: $(TEST_STAMP) system-tools
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(STAMP) $(TEST_STAMP) $@
+
+bench: $(BENCH_STAMP) system-tools
 	$(BIN)/python bench/ingest.py

@@ -9,11 +9,12 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Response, status
+from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from api import dicomweb
+from api import dicomweb, wado_uri
 from api.audit import AuditLog, AuditMiddleware
 from api.auth import Principal, basic_cache, current_user, require_role
 from pacs.settings import Settings
@@ -22,6 +23,24 @@ from storage.users import Role, UserError, authenticate, create_user, issue_toke
 
 Authenticated = Annotated[Principal, Depends(current_user)]
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
+
+# What a viewer on another origin sends (OHIF's quoted Accept forces a preflight)...
+CORS_REQUEST_HEADERS = [
+    "Accept",
+    "Authorization",
+    "Content-Type",
+    "If-None-Match",
+    "If-Modified-Since",
+]
+# ...and the response headers its scripts may read.
+CORS_EXPOSED_HEADERS = [
+    "Warning",
+    "ETag",
+    "Last-Modified",
+    "Content-Location",
+    "Content-Disposition",
+    "WWW-Authenticate",
+]
 
 
 class TokenRequest(BaseModel):
@@ -54,7 +73,17 @@ def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.audit = AuditLog(archive.sessions)
     app.add_middleware(AuditMiddleware, audit_log=app.state.audit)
+    if settings.cors_origins:  # outermost, so errors (401, 404) carry CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_EXPOSED_HEADERS,
+            max_age=600,
+        )
     app.include_router(dicomweb.router)
+    app.include_router(wado_uri.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

@@ -24,26 +24,12 @@ from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from pacs import status
 from pacs.settings import Settings
 from storage import Archive, IngestResult, Outcome, Problem, Source
 from storage.blobs import staging_tempdir
 
 log = logging.getLogger(__name__)
-
-# PS3.4 Annex B.2.3 statuses, and PS3.7 C.4.2.1.4 for the general processing failure.
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
-STATUS_ELEMENTS_DISCARDED = 0xB006
-
-_FAILURE_STATUS = {
-    Problem.INVALID: STATUS_CANNOT_UNDERSTAND,
-    Problem.MISMATCH: STATUS_DATASET_MISMATCH,
-    Problem.CONFLICT: STATUS_PROCESSING_FAILURE,
-    Problem.OUT_OF_RESOURCES: STATUS_OUT_OF_RESOURCES,
-}
 
 
 def build_ae(settings: Settings) -> AE:
@@ -84,7 +70,7 @@ def _disable_nagle(event: evt.Event) -> None:
 
 
 def _handle_echo(event: evt.Event) -> int:
-    return STATUS_SUCCESS
+    return status.SUCCESS
 
 
 class _ReceiveFile:
@@ -171,16 +157,16 @@ def _handle_store(event: evt.Event, archive: Archive) -> Dataset:
 
 def store_status(result: IngestResult) -> Dataset:
     """The C-STORE response status for an ingest result, with an ErrorComment."""
-    status = Dataset()
+    response = Dataset()
     if result.outcome is Outcome.KEPT_EXISTING:
-        status.Status = STATUS_ELEMENTS_DISCARDED
-        status.ErrorComment = "Duplicate UID, other content: kept first"
+        response.Status = status.ELEMENTS_DISCARDED
+        response.ErrorComment = "Duplicate UID, other content: kept first"
     elif result.problem is not None:
-        status.Status = _FAILURE_STATUS[result.problem]
-        status.ErrorComment = _error_comment(result.reason)
+        response.Status = status.FAILURE_STATUS[result.problem]
+        response.ErrorComment = _error_comment(result.reason)
     else:
-        status.Status = STATUS_SUCCESS
-    return status
+        response.Status = status.SUCCESS
+    return response
 
 
 def _error_comment(reason: str) -> str:

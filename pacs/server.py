@@ -30,8 +30,11 @@ def serve(settings: Settings, only: Only = None) -> None:
         log.warning("indexed %d instances stored just before a crash", recovered)
     password = ensure_first_admin(archive, settings)
     if password:
-        print(f"Created user 'admin' with password: {password}\n(shown once; change it with "
-              "`pacs user passwd admin`)", flush=True)
+        print(
+            f"Created user 'admin' with password: {password}\n(shown once; change it with "
+            "`pacs user passwd admin`)",
+            flush=True,
+        )
     dicom = start_dicom_server(archive, settings) if only in (None, "dicom") else None
     try:
         if only in (None, "http"):

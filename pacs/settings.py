@@ -8,12 +8,13 @@ loading, so ``PACS_DATA_DIR=/srv/pacs`` moves the index and the blobs with it.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
 
 from storage.ingest import DuplicatePolicy
 
@@ -36,6 +37,24 @@ class Settings(BaseSettings):
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     max_associations: int = Field(32, ge=1)
     token_ttl_seconds: int = Field(12 * 3600, ge=60)
+
+    # STOW-RS: one instance (a part of the body), and the whole body.
+    max_upload_part_bytes: int = Field(2 * 1024**3, ge=1)
+    max_upload_bytes: int = Field(20 * 1024**3, ge=1)
+    # Browser origins (e.g. an OHIF Viewer elsewhere) allowed to call the HTTP API;
+    # empty: same origin only, no CORS headers. ``PACS_CORS_ORIGINS=https://a,https://b``.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        """A comma-separated string or a JSON list; a trailing slash would never match."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(",")
+        if isinstance(value, list):
+            return [str(origin).strip().rstrip("/") for origin in value if str(origin).strip()]
+        return value
 
     @model_validator(mode="after")
     def _derive_paths(self) -> Settings:

@@ -30,7 +30,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from storage.attributes import extract
 from storage.blobs import BlobStore, BlobStoreError, blob_key
 from storage.header import Header, InvalidInstance, MismatchedInstance, read_header
-from storage.index import add_instance, find_instance, remove_instance
+from storage.index import (
+    ParentCache,
+    StaleParents,
+    add_instance,
+    find_instance,
+    remove_instance,
+    stored_sha256,
+)
 from storage.models import Instance
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,7 @@ class Archive:
         # One index writer per process: SQLite has one writer anyway, and it stops two
         # associations of this process racing to create the same study.
         self._index_lock = threading.Lock()
+        self._parents = ParentCache()
 
     def is_empty(self) -> bool:
         """True when no instance is indexed."""
@@ -191,8 +199,7 @@ class Archive:
         result: IngestResult,
     ) -> IngestResult:
         with self.sessions() as session:
-            existing = find_instance(session, result.sop_instance_uid)
-            existing_sha = existing.sha256 if existing else None
+            existing_sha = stored_sha256(session, result.sop_instance_uid)
         if existing_sha == sha256:
             return _with(result, Outcome.DUPLICATE, "identical instance already stored")
         if existing_sha and self.policy is DuplicatePolicy.KEEP_FIRST:
@@ -266,7 +273,7 @@ class Archive:
         return recovered
 
     def _index(self, header: Header, stored: dict[str, Any], site: str, *, replace: bool) -> None:
-        """Write the index rows; retried when another process created a parent row first."""
+        """Write the index rows; retried when another process changed a parent row."""
         record = extract(header.dataset)
         for attempt in range(3):
             try:
@@ -275,10 +282,12 @@ class Archive:
                         old := find_instance(session, record.instance["sop_instance_uid"])
                     ):
                         remove_instance(session, old)
-                    add_instance(session, record, stored, site=site)
+                        self._parents.clear()
+                    add_instance(session, record, stored, site=site, cache=self._parents)
                     session.commit()
                     return
-            except IntegrityError:
+            except (IntegrityError, StaleParents):
+                self._parents.clear()
                 if attempt == 2:
                     raise
 

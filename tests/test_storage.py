@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from storage import Archive, DuplicatePolicy, Outcome, Problem, Source
 from storage.check import check, rebuild
@@ -244,3 +244,22 @@ def test_no_pending_marker_outlives_an_ingest(archive: Archive, tmp_path: Path) 
     archive.ingest(_altered_copy(CT_SLICES[0], tmp_path))
     archive.ingest(_write(tmp_path, "junk.dcm", b"junk"))
     assert archive.blobs.pending_keys() == []
+
+
+def test_ids_cached_by_a_writer_survive_a_rebuild_elsewhere(archive: Archive) -> None:
+    """Another process rebuilding the index renumbers rows under a running writer."""
+    archive.ingest(CT_SLICES[0])  # the writer now caches the CT series' row ids
+    other_process = Archive(archive.blobs, archive.sessions)
+    with archive.sessions() as session:
+        for model in (Instance, Series, Study, Patient):
+            session.execute(delete(model))
+        session.commit()
+    other_process.ingest(pydicom_file("MR_small.dcm"))  # takes the CT series' old id
+    other_process.ingest(CT_SLICES[0])
+    assert archive.ingest(CT_SLICES[1]).outcome is Outcome.STORED
+    with archive.sessions() as session:
+        ct = session.scalars(select(Series).where(Series.modality == "CT")).one()
+        mr = session.scalars(select(Series).where(Series.modality == "MR")).one()
+        assert (ct.number_of_instances, mr.number_of_instances) == (2, 1)
+        assert session.scalar(select(func.sum(Study.number_of_instances))) == 3
+    assert check(archive).consistent

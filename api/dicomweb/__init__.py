@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.dicomweb import qido
+from api.dicomweb import qido, stow, wado
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 router.include_router(qido.router)
+router.include_router(stow.router)
+router.include_router(wado.router)
