@@ -52,10 +52,11 @@ class BlobStore(Protocol):
         """A fresh, unused path in :meth:`staging_dir`."""
         ...
 
-    def put(self, key: str, staged: Path) -> None:
+    def put(self, key: str, staged: Path, *, flushed: bool = False) -> None:
         """Durably move ``staged`` (a file in the staging folder) to ``key``.
 
-        Replaces any blob already at ``key``; raises :class:`BlobStoreError`.
+        ``flushed`` says the caller already fsynced the file. Replaces any blob
+        already at ``key``; raises :class:`BlobStoreError`.
         """
         ...
 
@@ -104,13 +105,14 @@ class FileBlobStore:
         """A fresh, unused path in the staging folder."""
         return self._staging / f"{uuid.uuid4().hex}.part"
 
-    def put(self, key: str, staged: Path) -> None:
+    def put(self, key: str, staged: Path, *, flushed: bool = False) -> None:
         if staged.parent != self._staging:
             raise ValueError(f"{staged} is not in the staging folder {self._staging}")
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            _fsync_file(staged)
+            if not flushed:
+                _fsync_file(staged)
             os.replace(staged, target)
             _fsync_dir(target.parent)
         except OSError as exc:

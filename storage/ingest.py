@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -119,6 +121,7 @@ class Archive:
         # associations of this process racing to create the same study.
         self._index_lock = threading.Lock()
         self._parents = ParentCache()
+        self._flusher = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flush")
 
     def is_empty(self) -> bool:
         """True when no instance is indexed."""
@@ -148,30 +151,30 @@ class Archive:
         return result
 
     def _ingest(self, path: Path, source: Source, move: bool) -> IngestResult:
+        received = move and path.parent == self.blobs.staging_dir()
+        # A received file is hashed and flushed to disk by a worker while this thread
+        # parses its header: hashlib and fsync release the GIL, so the two overlap.
+        flushing = self._flusher.submit(_hash_and_flush, path) if received else None
         try:
             header = read_header(path)
             _check_announced(header, source)
-        except MismatchedInstance as exc:
-            return _rejected(Problem.MISMATCH, str(exc), source)
         except InvalidInstance as exc:
-            return _rejected(Problem.INVALID, str(exc), source)
+            if flushing is not None:
+                flushing.exception()  # let the worker finish before the file goes
+            problem = Problem.MISMATCH if isinstance(exc, MismatchedInstance) else Problem.INVALID
+            return _rejected(problem, str(exc), source)
         try:
-            staged, sha256 = self._stage(path, move)
+            staged, sha256 = (path, flushing.result()) if flushing else self._copy_to_staging(path)
         except OSError as exc:
             return _rejected(Problem.OUT_OF_RESOURCES, f"cannot stage file: {exc}", source)
         try:
-            return self._commit(header, staged, sha256, source)
+            return self._commit(header, staged, sha256, source, flushed=received)
         finally:
             staged.unlink(missing_ok=True)
 
-    def _stage(self, path: Path, move: bool) -> tuple[Path, str]:
-        """Put the bytes in the staging folder (rename if possible) and hash them."""
+    def _copy_to_staging(self, path: Path) -> tuple[Path, str]:
+        """Copy a file the caller keeps (``pacs import``) into staging, hashing it."""
         digest = hashlib.sha256()
-        if move and path.parent == self.blobs.staging_dir():
-            with path.open("rb") as fh:
-                while chunk := fh.read(_CHUNK):
-                    digest.update(chunk)
-            return path, digest.hexdigest()
         staged = self.blobs.new_staging_file()
         with path.open("rb") as src, staged.open("wb") as dst:
             while chunk := src.read(_CHUNK):
@@ -179,13 +182,15 @@ class Archive:
                 dst.write(chunk)
         return staged, digest.hexdigest()
 
-    def _commit(self, header: Header, staged: Path, sha256: str, source: Source) -> IngestResult:
+    def _commit(
+        self, header: Header, staged: Path, sha256: str, source: Source, *, flushed: bool
+    ) -> IngestResult:
         ds = header.dataset
         uid = str(ds.SOPInstanceUID)
         result = IngestResult(Outcome.STORED, uid, str(ds.SOPClassUID), str(ds.StudyInstanceUID))
         with self._locks[hash(uid) % len(self._locks)]:
             try:
-                return self._write(header, staged, sha256, source, result)
+                return self._write(header, staged, sha256, source, result, flushed)
             except (BlobStoreError, OperationalError) as exc:
                 log.error("cannot store %s: %s", uid, exc)
                 return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
@@ -197,6 +202,7 @@ class Archive:
         sha256: str,
         source: Source,
         result: IngestResult,
+        flushed: bool,
     ) -> IngestResult:
         with self.sessions() as session:
             existing_sha = stored_sha256(session, result.sop_instance_uid)
@@ -227,7 +233,7 @@ class Archive:
         # A pending marker covers the moment between the two: a process killed there
         # leaves a stored, unindexed blob that recover_pending() indexes on restart.
         self.blobs.mark_pending(key)
-        self.blobs.put(key, staged)
+        self.blobs.put(key, staged, flushed=flushed)
         try:
             self._index(header, stored, source.site, replace=existing_sha is not None)
         except Exception:
@@ -290,6 +296,16 @@ class Archive:
                 self._parents.clear()
                 if attempt == 2:
                     raise
+
+
+def _hash_and_flush(path: Path) -> str:
+    """SHA-256 of the file, after forcing its bytes to disk."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+        os.fsync(fh.fileno())
+    return digest.hexdigest()
 
 
 def _stored_columns(key: str, header: Header, sha256: str, ae_title: str) -> dict[str, Any]:
