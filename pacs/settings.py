@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_associations: int = Field(32, ge=1)
     token_ttl_seconds: int = Field(12 * 3600, ge=60)
 
+    # The URL clients reach us at, when it is not what they send in Host (a reverse
+    # proxy): the base of RetrieveURL and BulkDataURI values. Empty: from the request.
+    public_url: str = ""
+
     # STOW-RS: one instance (a part of the body), and the whole body.
     max_upload_part_bytes: int = Field(2 * 1024**3, ge=1)
     max_upload_bytes: int = Field(20 * 1024**3, ge=1)

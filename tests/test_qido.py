@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
+from pacs.settings import Settings
 from storage import Archive
 from storage.models import AuditEvent
 from storage.users import Role, create_user
@@ -231,3 +232,12 @@ def test_dicomweb_client_searches(tmp_path: Any) -> None:
         assert len(dw.search_for_instances(search_filters={"Modality": "CT"})) == 26
     finally:
         server.stop()
+
+
+def test_urls_follow_the_public_url_behind_a_proxy(client: TestClient, archive: Archive) -> None:
+    settings = Settings(public_url="https://pacs.bv-tinh.vn/archive/")
+    with TestClient(create_app(archive, settings)) as proxied:
+        [study] = get(proxied, f"/dicomweb/studies?StudyInstanceUID={CT_STUDY}")
+    assert value(study, "00081190") == (
+        f"https://pacs.bv-tinh.vn/archive/dicomweb/studies/{CT_STUDY}"
+    )

@@ -68,3 +68,22 @@ def json_response(
 
 def dataset_json(items: Iterable[tuple[str, Any]]) -> dict[str, dict[str, Any]]:
     return dict(json_element(keyword, value) for keyword, value in items)
+
+
+def origin(request: Request) -> str:
+    """Where clients reach us, for the absolute URLs we hand out (RetrieveURL,
+    BulkDataURI): ``PACS_PUBLIC_URL`` when set (behind a proxy), else the request's.
+
+    dicomweb-client sends ``Host`` without the port; when the host it names is
+    the very address the connection came in on, the port it meant is ours.
+    """
+    public = request.app.state.settings.public_url
+    if public:
+        return str(public).rstrip("/")
+    url = request.base_url
+    server = request.scope.get("server")
+    if url.port is None and server and server[0] == url.hostname:
+        default = 443 if url.scheme == "https" else 80
+        if server[1] not in (None, default):
+            url = url.replace(port=server[1])
+    return str(url).rstrip("/")

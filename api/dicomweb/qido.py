@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from starlette.datastructures import QueryParams
 
 from api.audit import audited
-from api.dicomweb.common import DICOM_JSON, Reader, dataset_json, json_response
+from api.dicomweb.common import DICOM_JSON, Reader, dataset_json, json_response, origin
 from storage.header import is_valid_uid
 from storage.query import (
     DEFAULT_RETURN,
@@ -96,7 +96,7 @@ def _search(request: Request, level: Level, scope: dict[str, str]) -> Response:
                 f'299 pacs "The number of results exceeded the maximum of {MAX_RESULTS}; '
                 'use limit and offset to page"'
             )
-    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    base = origin(request) + "/dicomweb"
     keywords = returned_keywords(query)
     payload = [_result(row, keywords, level, base) for row in rows]
     return json_response(request, payload, headers)

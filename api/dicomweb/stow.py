@@ -38,7 +38,7 @@ from pydicom import dcmread
 from starlette.requests import ClientDisconnect
 
 from api.audit import audited
-from api.dicomweb.common import Storer, json_response
+from api.dicomweb.common import Storer, json_response, origin
 from api.dicomweb.multipart import (
     MultipartError,
     MultipartParser,
@@ -130,7 +130,7 @@ async def _store(request: Request, study: str | None) -> Response:
     if upload.disconnected:  # nobody to answer; what was complete is stored
         log.warning("STOW client went away after %d parts", upload.parser.parts)
         return Response(status_code=status.HTTP_400_BAD_REQUEST)
-    base = str(request.base_url).rstrip("/") + "/dicomweb"
+    base = origin(request) + "/dicomweb"
     return upload.response(request, base)
 
 

@@ -39,7 +39,7 @@ from fastapi.responses import StreamingResponse
 from pydicom.uid import UID
 
 from api.audit import audited
-from api.dicomweb.common import DICOM_JSON, Reader
+from api.dicomweb.common import DICOM_JSON, Reader, origin
 from api.dicomweb.metadata import MetadataCache, read_instance_json
 from api.dicomweb.negotiation import (
     DICOM,
@@ -204,7 +204,7 @@ def series_metadata(request: Request, study: str, series: str, _: Reader) -> Res
         raise HTTPException(status.HTTP_404_NOT_FOUND, _not_found(study, series))
     cache = metadata_cache(request)
     gzipped = _wants_gzip(request)
-    key = (study, series, _base_url(request), version.count, version.latest, version.last_id)
+    key = (study, series, origin(request), version.count, version.latest, version.last_id)
     digest = hashlib.sha256(repr((key, _REPRESENTATION_VERSION, gzipped)).encode()).hexdigest()
     headers = {"ETag": f'"{digest[:40]}"', "Cache-Control": "private, no-cache"}
     headers["Vary"] = "Accept, Accept-Encoding"
@@ -231,7 +231,7 @@ def instance_metadata(
     check_uids(study, series, instance)
     _check_json_accept(request)
     stored = lookup(request, study, series, instance)[0]
-    representation = f"metadata;{_base_url(request)};{_wants_gzip(request)}"
+    representation = f"metadata;{origin(request)};{_wants_gzip(request)}"
     etag = instance_etag(stored, representation)
     headers = {**validators(stored, etag), "Vary": "Accept, Accept-Encoding"}
     if not_modified(request, etag, stored.received_at):
@@ -242,7 +242,7 @@ def instance_metadata(
 def _instance_fragment(request: Request, stored: StoredInstance) -> bytes:
     """One instance's DICOM JSON object, serialized; cached by file hash."""
     cache = metadata_cache(request)
-    base = _base_url(request)
+    base = origin(request)
     key = (stored.sop_instance_uid, stored.sha256, base)
     fragment = cache.instances.get(key)
     if fragment is None:
@@ -537,22 +537,6 @@ def _not_found(study: str, series: str | None = None, instance: str | None = Non
 def _syntax_name(syntax: str) -> str:
     name = UID(syntax).name if is_valid_uid(syntax) else ""
     return f"{syntax} ({name})" if name and name != syntax else syntax
-
-
-def _base_url(request: Request) -> str:
-    """The origin the client reached us at, for absolute BulkDataURIs.
-
-    dicomweb-client sends ``Host`` without the port; when the host it names is
-    the very address the connection came in on, the port it meant is ours.
-    (Behind a proxy the Host names the proxy, and is left alone.)
-    """
-    url = request.base_url
-    server = request.scope.get("server")
-    if url.port is None and server and server[0] == url.hostname:
-        default = 443 if url.scheme == "https" else 80
-        if server[1] not in (None, default):
-            url = url.replace(port=server[1])
-    return str(url).rstrip("/")
 
 
 def instance_etag(stored: StoredInstance, representation: str) -> str:
