@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.attributes import IndexRecord
@@ -67,9 +67,9 @@ class ParentCache:
             self._entries.clear()
 
 
-def stored_sha256(session: Session, sop_instance_uid: str) -> str | None:
+def stored_sha256(conn: Connection, sop_instance_uid: str) -> str | None:
     """The SHA-256 of the instance already stored under this UID, if any."""
-    return session.connection().scalar(_SHA256_OF, {"uid": sop_instance_uid})
+    return conn.scalar(_SHA256_OF, {"uid": sop_instance_uid})
 
 
 def add_instance(

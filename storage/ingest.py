@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.attributes import extract
+from storage.attributes import IndexRecord, extract
 from storage.blobs import BlobStore, BlobStoreError, blob_key
 from storage.header import Header, InvalidInstance, MismatchedInstance, read_header
 from storage.index import (
@@ -115,6 +115,7 @@ class Archive:
     ) -> None:
         self.blobs = blobs
         self.sessions = sessions
+        self._engine = sessions.kw["bind"]
         self.policy = policy
         self._locks = [threading.Lock() for _ in range(64)]  # per SOP Instance UID
         # One index writer per process: SQLite has one writer anyway, and it stops two
@@ -153,7 +154,8 @@ class Archive:
     def _ingest(self, path: Path, source: Source, move: bool) -> IngestResult:
         received = move and path.parent == self.blobs.staging_dir()
         # A received file is hashed and flushed to disk by a worker while this thread
-        # parses its header: hashlib and fsync release the GIL, so the two overlap.
+        # parses its header and asks the index about it: hashlib and fsync release
+        # the GIL, so the two overlap.
         flushing = self._flusher.submit(_hash_and_flush, path) if received else None
         try:
             header = read_header(path)
@@ -163,14 +165,28 @@ class Archive:
                 flushing.exception()  # let the worker finish before the file goes
             problem = Problem.MISMATCH if isinstance(exc, MismatchedInstance) else Problem.INVALID
             return _rejected(problem, str(exc), source)
-        try:
-            staged, sha256 = (path, flushing.result()) if flushing else self._copy_to_staging(path)
-        except OSError as exc:
-            return _rejected(Problem.OUT_OF_RESOURCES, f"cannot stage file: {exc}", source)
-        try:
-            return self._commit(header, staged, sha256, source, flushed=received)
-        finally:
-            staged.unlink(missing_ok=True)
+        record = extract(header.dataset)
+        ds = header.dataset
+        uid = str(ds.SOPInstanceUID)
+        result = IngestResult(Outcome.STORED, uid, str(ds.SOPClassUID), str(ds.StudyInstanceUID))
+        with self._locks[hash(uid) % len(self._locks)]:
+            try:
+                with self._engine.connect() as conn:
+                    existing_sha = stored_sha256(conn, uid)
+                try:
+                    staged, sha256 = (
+                        (path, flushing.result()) if flushing else self._copy_to_staging(path)
+                    )
+                except OSError as exc:
+                    return _rejected(Problem.OUT_OF_RESOURCES, f"cannot stage file: {exc}", source)
+                try:
+                    stored = _stored_columns(blob_key(uid), header, sha256, source.ae_title)
+                    return self._write(record, staged, stored, existing_sha, source, result)
+                finally:
+                    staged.unlink(missing_ok=True)
+            except (BlobStoreError, OperationalError) as exc:
+                log.error("cannot store %s: %s", uid, exc)
+                return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
 
     def _copy_to_staging(self, path: Path) -> tuple[Path, str]:
         """Copy a file the caller keeps (``pacs import``) into staging, hashing it."""
@@ -180,33 +196,20 @@ class Archive:
             while chunk := src.read(_CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
         return staged, digest.hexdigest()
-
-    def _commit(
-        self, header: Header, staged: Path, sha256: str, source: Source, *, flushed: bool
-    ) -> IngestResult:
-        ds = header.dataset
-        uid = str(ds.SOPInstanceUID)
-        result = IngestResult(Outcome.STORED, uid, str(ds.SOPClassUID), str(ds.StudyInstanceUID))
-        with self._locks[hash(uid) % len(self._locks)]:
-            try:
-                return self._write(header, staged, sha256, source, result, flushed)
-            except (BlobStoreError, OperationalError) as exc:
-                log.error("cannot store %s: %s", uid, exc)
-                return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
 
     def _write(
         self,
-        header: Header,
+        record: IndexRecord,
         staged: Path,
-        sha256: str,
+        stored: dict[str, Any],
+        existing_sha: str | None,
         source: Source,
         result: IngestResult,
-        flushed: bool,
     ) -> IngestResult:
-        with self.sessions() as session:
-            existing_sha = stored_sha256(session, result.sop_instance_uid)
-        if existing_sha == sha256:
+        if existing_sha == stored["sha256"]:
             return _with(result, Outcome.DUPLICATE, "identical instance already stored")
         if existing_sha and self.policy is DuplicatePolicy.KEEP_FIRST:
             log.warning(
@@ -226,23 +229,22 @@ class Archive:
                 source,
                 result,
             )
-        key = blob_key(result.sop_instance_uid)
-        stored = _stored_columns(key, header, sha256, source.ae_title)
+        key = stored["blob_key"]
         # The blob is durable before the index write begins, so the database's write
         # lock is never held across a disk flush.
         # A pending marker covers the moment between the two: a process killed there
         # leaves a stored, unindexed blob that recover_pending() indexes on restart.
         self.blobs.mark_pending(key)
-        self.blobs.put(key, staged, flushed=flushed)
+        self.blobs.put(key, staged, flushed=True)
         try:
-            self._index(header, stored, source.site, replace=existing_sha is not None)
+            self._index(record, stored, source.site, replace=existing_sha is not None)
         except Exception:
             if existing_sha is None:
                 self.blobs.delete(key)
             raise
         finally:
             self.blobs.unmark_pending(key)
-        BYTES.inc(header.file_size)
+        BYTES.inc(stored["file_size"])
         return _with(result, Outcome.REPLACED if existing_sha else Outcome.STORED)
 
     def read_blob(self, key: str) -> tuple[Header, dict[str, Any]] | None:
@@ -272,15 +274,16 @@ class Archive:
                 with self.sessions() as session:
                     indexed = find_instance(session, str(header.dataset.SOPInstanceUID))
                 if indexed is None:
-                    self._index(header, stored, "", replace=False)
+                    self._index(extract(header.dataset), stored, "", replace=False)
                     recovered += 1
                     log.warning("recovered %s, stored but not indexed before a crash", key)
             self.blobs.unmark_pending(key)
         return recovered
 
-    def _index(self, header: Header, stored: dict[str, Any], site: str, *, replace: bool) -> None:
+    def _index(
+        self, record: IndexRecord, stored: dict[str, Any], site: str, *, replace: bool
+    ) -> None:
         """Write the index rows; retried when another process changed a parent row."""
-        record = extract(header.dataset)
         for attempt in range(3):
             try:
                 with self._index_lock, self.sessions() as session:
