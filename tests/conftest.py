@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,15 @@ class Server:
             f"sqlite:///{self.data_dir.resolve() / 'index.sqlite'}",
             (self.data_dir.resolve() / "blobs").as_uri(),
         )
+
+    @contextmanager
+    def opened(self) -> Iterator[Archive]:
+        """:meth:`archive`, closed again at the end of the block."""
+        archive = self.archive()
+        try:
+            yield archive
+        finally:
+            archive.sessions.kw["bind"].dispose()
 
 
 @pytest.fixture

@@ -95,15 +95,6 @@ def association(server: Server, *contexts: tuple[str, str]) -> Iterator[Associat
             assoc.release()
 
 
-@contextmanager
-def opened(server: Server) -> Iterator[Archive]:
-    archive = server.archive()
-    try:
-        yield archive
-    finally:
-        archive.sessions.kw["bind"].dispose()
-
-
 def stored_instance(archive: Archive, sop_instance_uid: str) -> Instance | None:
     with archive.sessions() as session:
         return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
@@ -297,7 +288,7 @@ def test_storescu_stores_each_transfer_syntax_as_received(
     # -R: propose only the files' own SOP classes; with the option, in their own syntax.
     responses = storescu(pacs, "-R", option, *files)
     assert [r.status for r in responses] == [STATUS_SUCCESS] * len(files), responses
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         for path in files:
             assert_stored_as_sent(archive, path)
         assert_nothing_left(archive)
@@ -327,7 +318,7 @@ def test_data_set_bytes_are_stored_byte_for_byte(
         statuses = [assoc.send_c_store(path).Status for path in files]
 
     assert statuses == [STATUS_SUCCESS] * len(files)
-    with opened(pacs_verbatim) as archive:
+    with pacs_verbatim.opened() as archive:
         for path, meta in zip(files, metas, strict=True):
             stored = stored_path(archive, str(meta.MediaStorageSOPInstanceUID))
             sent = path.read_bytes()[dataset_offset(path) :]
@@ -370,7 +361,7 @@ def test_vendor_private_sop_class_is_stored(pacs: Server, tmp_path: Path) -> Non
     responses = storescu(pacs, "-xf", config, "Private", path)
 
     assert [r.status for r in responses] == [STATUS_SUCCESS]
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         assert_stored_as_sent(archive, path)
         row = stored_instance(archive, str(ds.SOPInstanceUID))
         assert row is not None and row.sop_class_uid == SIEMENS_CSA_NON_IMAGE
@@ -398,7 +389,7 @@ def test_malformed_uid_is_rejected(pacs: Server, tmp_path: Path, keyword: str, k
     assert bad_response.status == STATUS_CANNOT_UNDERSTAND
     assert keyword in bad_response.error_comment
     assert good_response.status == STATUS_SUCCESS
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         assert_nothing_left(archive, announced)
         with archive.sessions() as session:
             uids = {
@@ -421,7 +412,7 @@ def test_missing_study_or_series_uid_is_rejected(
     assert bad_response.status == STATUS_CANNOT_UNDERSTAND
     assert keyword in bad_response.error_comment
     assert good_response.status == STATUS_SUCCESS
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         assert_nothing_left(archive, str(dcmread(bad).SOPInstanceUID))
         assert_stored_as_sent(archive, good)
 
@@ -478,7 +469,7 @@ def test_bad_dataset_is_rejected_and_the_association_goes_on(
     assert rejected.get("ErrorComment", "").strip() != ""
     assert reason in rejected.ErrorComment
     assert accepted.Status == STATUS_SUCCESS
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         assert_nothing_left(archive, announced)
         assert_stored_as_sent(archive, good)
 
@@ -494,7 +485,7 @@ def test_same_instance_twice_is_an_idempotent_success(pacs: Server, tmp_path: Pa
     second = storescu(pacs, path)
 
     assert [r.status for r in first + second] == [STATUS_SUCCESS, STATUS_SUCCESS]
-    with opened(pacs) as archive, archive.sessions() as session:
+    with pacs.opened() as archive, archive.sessions() as session:
         count = session.scalar(
             select(func.count()).select_from(Instance).where(Instance.sop_instance_uid == uid)
         )
@@ -515,14 +506,14 @@ def test_same_uid_other_content_keeps_the_first_with_a_warning(
     ds.save_as(second, enforce_file_format=True)
 
     assert [r.status for r in storescu(pacs, first)] == [STATUS_SUCCESS]
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         kept = stored_path(archive, str(ds.SOPInstanceUID)).read_bytes()
 
     (warning,) = storescu(pacs, second)
 
     assert warning.status == STATUS_DUPLICATE_KEPT_FIRST
     assert warning.error_comment != ""
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         assert stored_path(archive, str(ds.SOPInstanceUID)).read_bytes() == kept
         assert_stored_as_sent(archive, first)
         assert_nothing_left(archive)  # no orphan blob, empty staging
@@ -539,7 +530,7 @@ def test_vietnamese_patient_name_round_trip(pacs: Server) -> None:
 
     assert [r.status for r in responses] == [STATUS_SUCCESS] * len(files)
     first = dcmread(files[0], stop_before_pixels=True)
-    with opened(pacs) as archive, archive.sessions() as session:
+    with pacs.opened() as archive, archive.sessions() as session:
         patient = session.scalar(select(Patient).where(Patient.patient_id == first.PatientID))
         assert patient is not None
         assert patient.patient_name == "Nguyễn^Văn An"
@@ -548,5 +539,5 @@ def test_vietnamese_patient_name_round_trip(pacs: Server) -> None:
             select(Study).where(Study.study_instance_uid == first.StudyInstanceUID)
         )
         assert study is not None and study.number_of_instances == 24
-    with opened(pacs) as archive:
+    with pacs.opened() as archive:
         assert_stored_as_sent(archive, files[0])

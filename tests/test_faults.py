@@ -27,7 +27,6 @@ from tests.test_cstore import (
     STATUS_SUCCESS,
     assert_nothing_left,
     assert_stored_as_sent,
-    opened,
     pydicom_file,
     storescu,
 )
@@ -145,14 +144,14 @@ def test_unwritable_blob_store_answers_out_of_resources(
     again = STATUS_OUT_OF_RESOURCES if staging else STATUS_SUCCESS
     assert [r.status for r in responses] == [STATUS_OUT_OF_RESOURCES] * 3 + [again]
     assert all(r.error_comment for r in responses if r.status != STATUS_SUCCESS)
-    with opened(server) as archive:
+    with server.opened() as archive:
         assert_nothing_left(archive, *map(sop_uid, refused))
         assert_stored_as_sent(archive, stored_before[0])
         assert_consistent(archive)
 
     # Writable again: the same server stores the same instances.
     assert [r.status for r in storescu(server, *refused)] == [STATUS_SUCCESS] * 3
-    with opened(server) as archive:
+    with server.opened() as archive:
         for path in refused:
             assert_stored_as_sent(archive, path)
         assert_consistent(archive)
@@ -168,7 +167,7 @@ def test_full_disk_answers_out_of_resources(tmp_path: Path) -> None:
             statuses = [r.status for r in responses]
             assert set(statuses) == {STATUS_SUCCESS, STATUS_OUT_OF_RESOURCES}, statuses
             assert all(r.error_comment for r in responses if r.status != STATUS_SUCCESS)
-            with opened(srv) as archive:
+            with srv.opened() as archive:
                 for path, response in zip(files, responses, strict=True):
                     if response.status == STATUS_SUCCESS:
                         assert_stored_as_sent(archive, path)
@@ -209,7 +208,7 @@ def test_kill_9_during_push_loses_no_acknowledged_instance(server: Server, tmp_p
     acked = acknowledged("".join(output))
     assert 60 <= len(acked) < len(files), "the kill did not land during the push"
     server.start()
-    with opened(server) as archive:
+    with server.opened() as archive:
         for path in acked:
             assert_stored_as_sent(archive, path)
         assert_consistent(archive)
@@ -236,7 +235,7 @@ def test_eight_concurrent_associations_store_eight_series(server: Server, tmp_pa
         thread.join()
 
     assert results == {n: [STATUS_SUCCESS] * 20 for n in range(8)}
-    with opened(server) as archive, archive.sessions() as session:
+    with server.opened() as archive, archive.sessions() as session:
         placed = dict(
             session.execute(
                 select(Instance.sop_instance_uid, Series.series_instance_uid).join(
@@ -257,5 +256,5 @@ def test_eight_concurrent_associations_store_eight_series(server: Server, tmp_pa
             assert study is not None
             assert (study.number_of_series, study.number_of_instances) == (4, 80)
         assert len(placed) == 160
-    with opened(server) as archive:
+    with server.opened() as archive:
         assert_consistent(archive)

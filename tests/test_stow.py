@@ -14,7 +14,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,7 +27,6 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from api.dicomweb.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart
-from storage import Archive
 from storage.models import AuditEvent, Instance
 from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server
 
@@ -130,29 +128,20 @@ def value(item: dict[str, Any], tag: str) -> Any:
     return item[tag]["Value"][0]
 
 
-@contextmanager
-def opened(server: Server) -> Iterator[Archive]:
-    archive = server.archive()
-    try:
-        yield archive
-    finally:
-        archive.sessions.kw["bind"].dispose()
-
-
 def stored_row(server: Server, sop_instance_uid: str) -> Instance | None:
-    with opened(server) as archive, archive.sessions() as session:
+    with server.opened() as archive, archive.sessions() as session:
         return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
 
 
 def instance_count(server: Server) -> int:
-    with opened(server) as archive, archive.sessions() as session:
+    with server.opened() as archive, archive.sessions() as session:
         return int(session.scalar(select(func.count(Instance.id))) or 0)
 
 
 def stored_bytes(server: Server, sop_instance_uid: str) -> bytes:
     row = stored_row(server, sop_instance_uid)
     assert row is not None, f"{sop_instance_uid} is not indexed"
-    with opened(server) as archive, archive.blobs.open(row.blob_key) as fh:
+    with server.opened() as archive, archive.blobs.open(row.blob_key) as fh:
         return fh.read()
 
 
@@ -491,7 +480,7 @@ def test_a_store_is_audited(server: Server) -> None:
     assert stow(server, multipart(dicom(new_instance(study))), study=study).status_code == 200
 
     def audit_event() -> AuditEvent | None:
-        with opened(server) as archive, archive.sessions() as session:
+        with server.opened() as archive, archive.sessions() as session:
             query = select(AuditEvent).where(AuditEvent.study_instance_uid == study)
             return session.scalar(query)
 
