@@ -168,11 +168,14 @@ def _pg_engine(url: str) -> Engine:
     return create_engine(url, poolclass=NullPool)
 
 
-def seed(engine: Engine, instances: int) -> None:
-    """Create the schema and bulk-insert ``instances`` instance rows with their parents."""
+def seed(engine: Engine, instances: int, rows: IndexRows | None = None) -> None:
+    """Create the schema and bulk-insert ``instances`` instance rows with their parents.
+
+    ``rows`` generates them (another benchmark's profile); by default :class:`IndexRows`.
+    """
     print(f"seeding an index with {instances:,} instances ...", flush=True)
     upgrade(engine)
-    rows = _Rows(random.Random(SEED_VERSION), instances)
+    rows = rows or IndexRows(random.Random(SEED_VERSION), instances)
     with engine.begin() as conn:
         conn.execute(insert(Patient), rows.patients())
     for batch in rows.batches():
@@ -198,13 +201,13 @@ def _fix_sequences(engine: Engine) -> None:
 
 
 @dataclass
-class _Batch:
+class Batch:
     studies: list[dict[str, Any]] = field(default_factory=list)
     series: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
 
 
-class _Rows:
+class IndexRows:
     """Generates consistent patient / study / series / instance rows."""
 
     def __init__(self, rng: random.Random, instances: int) -> None:
@@ -240,17 +243,17 @@ class _Rows:
             "patient_comments": "",
         }
 
-    def batches(self) -> Iterator[_Batch]:
-        batch = _Batch()
+    def batches(self) -> Iterator[Batch]:
+        batch = Batch()
         for study_pk in range(1, self.studies + 1):
             self._study(batch, study_pk)
             if study_pk % STUDIES_PER_BATCH == 0:
                 yield batch
-                batch = _Batch()
+                batch = Batch()
         if batch.studies:
             yield batch
 
-    def _study(self, batch: _Batch, pk: int) -> None:
+    def _study(self, batch: Batch, pk: int) -> None:
         modality = self.rng.choice(tuple(MODALITIES))
         sizes = self._series_sizes(modality)
         when = self.epoch + timedelta(seconds=self.rng.randrange(10 * 365 * 86400))
@@ -297,7 +300,7 @@ class _Rows:
         return sizes or [1]
 
     def _series(
-        self, batch: _Batch, study_pk: int, modality: str, number: int, size: int, when: datetime
+        self, batch: Batch, study_pk: int, modality: str, number: int, size: int, when: datetime
     ) -> None:
         self.series_pk += 1
         batch.series.append(

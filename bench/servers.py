@@ -28,6 +28,7 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 ORTHANC_AE = "ORTHANC"
 OURS_AE = "PACS"
+ADMIN_PASSWORD = "bench-admin-password"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class Running:
     ae_title: str
     dicom_port: int
     count: Callable[[], int]
+    http_port: int = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
 
 def free_port() -> int:
@@ -56,32 +62,43 @@ def nodelay_env() -> dict[str, str]:
 def ours(run_dir: Path, database_url: str) -> Iterator[Running]:
     """``pacs serve`` on a fresh data folder and the given index database."""
     dicom_port, http_port = free_port(), free_port()
-    env = {
+    env = pacs_env(run_dir, database_url, dicom_port, http_port)
+    command = [str(_pacs_executable()), "serve"]
+    with _process(command, env, run_dir / "pacs.log") as proc:
+        _wait_http(proc, f"http://127.0.0.1:{http_port}/healthz", run_dir / "pacs.log")
+        yield Running(
+            "ours", proc.pid, OURS_AE, dicom_port, lambda: count_instances(database_url), http_port
+        )
+
+
+def pacs_env(run_dir: Path, database_url: str, dicom_port: int, http_port: int) -> dict[str, str]:
+    """The environment of a run's ``pacs`` process: data folder, index, ports, admin."""
+    return {
         **os.environ,
         "PACS_DATA_DIR": str(run_dir / "data"),
         "PACS_DATABASE_URL": database_url,
         "PACS_DICOM_PORT": str(dicom_port),
         "PACS_HTTP_PORT": str(http_port),
         "PACS_AE_TITLE": OURS_AE,
-        "PACS_ADMIN_PASSWORD": "bench-admin-password",
+        "PACS_ADMIN_PASSWORD": ADMIN_PASSWORD,
     }
-    command = [str(_pacs_executable()), "serve"]
-    with _process(command, env, run_dir / "pacs.log") as proc:
-        _wait_http(proc, f"http://127.0.0.1:{http_port}/healthz", run_dir / "pacs.log")
-        yield Running("ours", proc.pid, OURS_AE, dicom_port, lambda: count_instances(database_url))
 
 
 @contextmanager
-def orthanc(run_dir: Path) -> Iterator[Running]:
-    """Orthanc with its default SQLite index and file storage, no plugins."""
+def orthanc(run_dir: Path, extra: dict[str, object] | None = None) -> Iterator[Running]:
+    """Orthanc with its default SQLite index and file storage; no plugins unless
+    ``extra`` (merged into the configuration) names some."""
     dicom_port, http_port = free_port(), free_port()
     config = run_dir / "orthanc.json"
-    config.write_text(json.dumps(_orthanc_config(run_dir, dicom_port, http_port), indent=2))
+    settings = {**_orthanc_config(run_dir, dicom_port, http_port), **(extra or {})}
+    config.write_text(json.dumps(settings, indent=2))
     base = f"http://127.0.0.1:{http_port}"
     command = [orthanc_executable(), str(config)]
     with _process(command, nodelay_env(), run_dir / "orthanc.log") as proc:
         _wait_http(proc, f"{base}/system", run_dir / "orthanc.log")
-        yield Running("orthanc", proc.pid, ORTHANC_AE, dicom_port, lambda: _orthanc_count(base))
+        yield Running(
+            "orthanc", proc.pid, ORTHANC_AE, dicom_port, lambda: _orthanc_count(base), http_port
+        )
 
 
 def _orthanc_config(run_dir: Path, dicom_port: int, http_port: int) -> dict[str, object]:

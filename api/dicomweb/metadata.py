@@ -106,7 +106,7 @@ class _QuickHeader:
     lengths outside sequences, text in a character set with code extensions.
     """
 
-    _FIRST_READ = 64 * 1024
+    _FIRST_READ = 8 * 1024  # most headers end within 2-4 kB; more is read as needed
 
     def __init__(self, fp: BinaryIO, bulk_base: str) -> None:
         self.fp = fp
