@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, SettingsConfigDict
@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     # Browser origins (e.g. an OHIF Viewer elsewhere) allowed to call the HTTP API;
     # empty: same origin only, no CORS headers. ``PACS_CORS_ORIGINS=https://a,https://b``.
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Rendered images (DICOMweb rendered/thumbnail, WADO-URI image/*): the in-memory
+    # cache of encoded images, and the worker pool that renders off the event loop
+    # (0 workers: one per CPU core; "process" workers escape the GIL at an IPC cost).
+    render_cache_bytes: int = Field(256 * 1024**2, ge=0)
+    render_workers: int = Field(0, ge=0, le=256)
+    render_pool: Literal["thread", "process"] = "thread"
 
     @field_validator("cors_origins", mode="before")
     @classmethod

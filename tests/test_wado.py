@@ -641,10 +641,11 @@ def test_wado_uri(http: httpx.Client, stored: dict[str, Stored]) -> None:
     named = http.get(f"/wado?{query}&contentType=application/dicom&transferSyntax={item.syntax}")
     assert named.content == item.path.read_bytes()
     no_pixels = stored["no-pixels"]
-    rtplan = http.get(
+    rtplan_url = (
         f"/wado?requestType=WADO&studyUID={no_pixels.study}&seriesUID={no_pixels.series}"
         f"&objectUID={no_pixels.instance}"
     )
+    rtplan = http.get(rtplan_url)
     assert rtplan.status_code == 200  # application/dicom is the default for non-images
     errors = {
         f"/wado?{query.replace('requestType=WADO&', '')}&contentType=application/dicom": 400,
@@ -654,14 +655,17 @@ def test_wado_uri(http: httpx.Client, stored: dict[str, Stored]) -> None:
         f"/wado?{query}&contentType=application/dicom&transferSyntax=x.y": 400,
         f"/wado?{query.replace(item.instance, '1.2.3')}&contentType=application/dicom": 404,
         f"/wado?{query.replace(item.series, stored['rle'].series)}": 404,
-        f"/wado?{query}": 406,  # image/jpeg by default: rendering is not here yet
-        f"/wado?{query}&contentType=image/jpeg": 406,
+        f"/wado?{query}&contentType=image/tiff": 406,
+        f"{rtplan_url}&contentType=image/jpeg": 406,  # nothing to render
         f"/wado?{query}&contentType=application/dicom&transferSyntax=1.2.840.10008.1.2.4.50": 406,
         f"/wado?{query}&contentType=application/dicom&anonymize=yes": 406,
     }
     for url, expected in errors.items():
         response = http.get(url)
         assert response.status_code == expected, (url, response.text)
+    for url in (f"/wado?{query}", f"/wado?{query}&contentType=image/jpeg"):
+        image = http.get(url)  # image/jpeg by default for images (more in test_rendered.py)
+        assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg", url
     assert http.get(f"/wado?{query}", auth=None).status_code == 401
 
 
