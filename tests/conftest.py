@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from pydicom.dataset import Dataset
 
 from storage import Archive, open_archive
 from storage.database import upgrade
@@ -171,3 +172,24 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a command with Nagle off for DCMTK, capturing text output."""
     env = {**os.environ, "TCP_NODELAY": "1"}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+
+
+def dataset_differences(got: Dataset, want: Dataset, where: str = "") -> list[str]:
+    """Every data element that differs (tag, VR or value), sequences walked item by item."""
+    diffs = []
+    for tag in sorted(set(got.keys()) | set(want.keys())):
+        name = f"{where}{tag}"
+        if tag not in got or tag not in want:
+            diffs.append(f"{name} only in {'stored' if tag in got else 'original'}")
+            continue
+        a, b = got[tag], want[tag]
+        if a.VR != b.VR:
+            diffs.append(f"{name} VR {a.VR} != {b.VR}")
+        elif b.VR == "SQ":
+            if len(a.value) != len(b.value):
+                diffs.append(f"{name} has {len(a.value)} items, not {len(b.value)}")
+            for i, (item_a, item_b) in enumerate(zip(a.value, b.value, strict=False)):
+                diffs += dataset_differences(item_a, item_b, f"{name}[{i}].")
+        elif a.value != b.value:
+            diffs.append(f"{name} {a.keyword}: {a.value!r:.80} != {b.value!r:.80}")
+    return diffs

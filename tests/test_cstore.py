@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from storage import Archive
 from storage.blobs import blob_key
 from storage.models import Instance, Patient, Series, Study
-from tests.conftest import SAMPLES, Server, require_tool, run
+from tests.conftest import SAMPLES, Server, dataset_differences, require_tool, run
 
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
@@ -106,27 +106,6 @@ def stored_path(archive: Archive, sop_instance_uid: str) -> Path:
     path = archive.blobs.local_path(row.blob_key)
     assert path is not None and path.is_file()
     return path
-
-
-def dataset_differences(got: Dataset, want: Dataset, where: str = "") -> list[str]:
-    """Every data element that differs (tag, VR or value), sequences walked item by item."""
-    diffs = []
-    for tag in sorted(set(got.keys()) | set(want.keys())):
-        name = f"{where}{tag}"
-        if tag not in got or tag not in want:
-            diffs.append(f"{name} only in {'stored' if tag in got else 'original'}")
-            continue
-        a, b = got[tag], want[tag]
-        if a.VR != b.VR:
-            diffs.append(f"{name} VR {a.VR} != {b.VR}")
-        elif b.VR == "SQ":
-            if len(a.value) != len(b.value):
-                diffs.append(f"{name} has {len(a.value)} items, not {len(b.value)}")
-            for i, (item_a, item_b) in enumerate(zip(a.value, b.value, strict=False)):
-                diffs += dataset_differences(item_a, item_b, f"{name}[{i}].")
-        elif a.value != b.value:
-            diffs.append(f"{name} {a.keyword}: {a.value!r:.80} != {b.value!r:.80}")
-    return diffs
 
 
 def comparable(ds: Dataset) -> Dataset:

@@ -28,7 +28,7 @@ from sqlalchemy import func, select
 
 from api.dicomweb.multipart import MultipartError, MultipartParser, PartData, PartEnd, PartStart
 from storage.models import AuditEvent, Instance
-from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server
+from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server, dataset_differences
 
 ADMIN = ("admin", ADMIN_PASSWORD)
 BOUNDARY = "stow-test-boundary"
@@ -162,26 +162,6 @@ def eventually(condition: Callable[[], bool], timeout: float = 10) -> bool:
     return True
 
 
-def differences(got: Dataset, want: Dataset, where: str = "") -> list[str]:
-    """Every data element that differs (tag, VR or value), sequences walked item by item."""
-    diffs = []
-    for tag in sorted(set(got.keys()) | set(want.keys())):
-        name = f"{where}{tag}"
-        if tag not in got or tag not in want:
-            diffs.append(f"{name} only in {'stored' if tag in got else 'original'}")
-        elif got[tag].VR != want[tag].VR:
-            diffs.append(f"{name} VR {got[tag].VR} != {want[tag].VR}")
-        elif want[tag].VR == "SQ":
-            a, b = got[tag].value, want[tag].value
-            if len(a) != len(b):
-                diffs.append(f"{name} has {len(a)} items, not {len(b)}")
-            for i, (item_a, item_b) in enumerate(zip(a, b, strict=False)):
-                diffs += differences(item_a, item_b, f"{name}[{i}].")
-        elif got[tag].value != want[tag].value:
-            diffs.append(f"{name} {want[tag].keyword}: {got[tag].value!r:.60}")
-    return diffs
-
-
 def create_user(server: Server, username: str, role: str) -> tuple[str, str]:
     password = f"{username}-password"
     response = httpx.post(
@@ -248,7 +228,7 @@ def test_store_across_transfer_syntaxes(server: Server) -> None:
         assert row.sha256 == hashlib.sha256(kept).hexdigest()
         stored = dcmread(io.BytesIO(kept))
         assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
-        assert differences(stored, ds) == [], ds.filename
+        assert dataset_differences(stored, ds) == [], ds.filename
 
 
 def test_store_the_samples_into_their_study(server: Server) -> None:
@@ -268,7 +248,7 @@ def test_store_the_samples_into_their_study(server: Server) -> None:
     for path in mr_files:
         original = dcmread(path)
         stored = dcmread(io.BytesIO(stored_bytes(server, str(original.SOPInstanceUID))))
-        assert differences(stored, original) == [], path
+        assert dataset_differences(stored, original) == [], path
 
     # The XA run is another study: refused by a store into the MR study, accepted without one.
     with pytest.raises(requests.HTTPError) as refused:
