@@ -5,6 +5,8 @@ DICOMweb (``/dicomweb``), WADO-URI and the viewer mount here as they arrive.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated
 
@@ -16,7 +18,7 @@ from sqlalchemy import text
 
 from api import dicomweb, wado_uri
 from api.audit import AuditLog, AuditMiddleware
-from api.auth import Principal, basic_cache, current_user, require_role
+from api.auth import Principal, current_user, principal_cache, require_role
 from pacs.settings import Settings
 from storage import Archive
 from storage.users import Role, UserError, authenticate, create_user, issue_token, list_users
@@ -68,10 +70,17 @@ class UserOut(BaseModel):
 def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     token_ttl = timedelta(seconds=settings.token_ttl_seconds)
-    app = FastAPI(title="Provincial imaging exchange", version="0.1.0")
+    audit_log = AuditLog(archive.sessions)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        audit_log.close()  # the events still gathering are written before we exit
+
+    app = FastAPI(title="Provincial imaging exchange", version="0.1.0", lifespan=lifespan)
     app.state.archive = archive
     app.state.settings = settings
-    app.state.audit = AuditLog(archive.sessions)
+    app.state.audit = audit_log
     app.add_middleware(AuditMiddleware, audit_log=app.state.audit)
     if settings.cors_origins:  # outermost, so errors (401, 404) carry CORS headers too
         app.add_middleware(
@@ -125,7 +134,7 @@ def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
             except UserError as exc:
                 raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
             session.commit()
-        basic_cache.clear()
+        principal_cache.clear()
         return UserOut(username=body.username, role=body.role)
 
     return app

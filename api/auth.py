@@ -2,7 +2,13 @@
 
 Basic is accepted everywhere (so standard DICOMweb clients work). argon2 is slow
 on purpose, so a successful Basic check is remembered for a minute, keyed by a
-hash of the credentials, instead of re-hashing on every request of a study load.
+hash of the credentials, instead of re-hashing on every request of a study load;
+a bearer token's lookup is remembered the same way (never past its expiry).
+
+The dependencies are ``async`` so a remembered caller costs no thread hop: a
+viewer scrolling a study sends dozens of requests a second, and a sync
+dependency is a round trip through the thread pool on each of them. Only a
+cache miss (argon2 or a database read) goes to a worker thread.
 """
 
 from __future__ import annotations
@@ -12,16 +18,18 @@ import binascii
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
-from storage.users import Role, authenticate, user_for_token
+from storage.users import Role, authenticate, token_holder
 
-_BASIC_CACHE_SECONDS = 60.0
+_REMEMBER_SECONDS = 60.0
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="pacs", Bearer'}
 
 
@@ -33,7 +41,7 @@ class Principal:
     role: Role
 
 
-class _BasicCache:
+class _PrincipalCache:
     def __init__(self) -> None:
         self._entries: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
@@ -45,32 +53,33 @@ class _BasicCache:
             return entry[0]
         return None
 
-    def put(self, key: str, principal: Principal) -> None:
+    def put(self, key: str, principal: Principal, lifetime: float = _REMEMBER_SECONDS) -> None:
         with self._lock:
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[key] = (principal, time.monotonic() + _BASIC_CACHE_SECONDS)
+            self._entries[key] = (principal, time.monotonic() + min(lifetime, _REMEMBER_SECONDS))
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
 
 
-basic_cache = _BasicCache()
+principal_cache = _PrincipalCache()
 
 
-def current_user(request: Request) -> Principal:
+async def current_user(request: Request) -> Principal:
     """FastAPI dependency: the caller, or 401 with a challenge."""
     header = request.headers.get("authorization", "")
     scheme, _, credentials = header.partition(" ")
-    sessions = request.app.state.archive.sessions
+    scheme, credentials = scheme.lower(), credentials.strip()
     principal: Principal | None = None
-    if scheme.lower() == "bearer" and credentials:
-        with sessions() as session:
-            user = user_for_token(session, credentials.strip())
-            principal = Principal(user.username, Role(user.role)) if user else None
-    elif scheme.lower() == "basic" and credentials:
-        principal = _basic(sessions, credentials.strip())
+    if scheme in ("basic", "bearer") and credentials:
+        key = hashlib.sha256(f"{scheme} {credentials}".encode()).hexdigest()
+        principal = principal_cache.get(key)
+        if principal is None:
+            sessions = request.app.state.archive.sessions
+            resolve = _bearer if scheme == "bearer" else _basic
+            principal = await run_in_threadpool(resolve, sessions, credentials, key)
     if principal is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "authentication required", headers=_CHALLENGE
@@ -79,10 +88,10 @@ def current_user(request: Request) -> Principal:
     return principal
 
 
-def require_role(*roles: Role) -> Callable[[Principal], Principal]:
+def require_role(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """Dependency factory: the caller must hold one of ``roles``."""
 
-    def check(principal: Annotated[Principal, Depends(current_user)]) -> Principal:
+    async def check(principal: Annotated[Principal, Depends(current_user)]) -> Principal:
         if principal.role not in roles:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "your role may not do this")
         return principal
@@ -90,11 +99,7 @@ def require_role(*roles: Role) -> Callable[[Principal], Principal]:
     return check
 
 
-def _basic(sessions: sessionmaker[Session], credentials: str) -> Principal | None:
-    key = hashlib.sha256(credentials.encode()).hexdigest()
-    cached = basic_cache.get(key)
-    if cached:
-        return cached
+def _basic(sessions: sessionmaker[Session], credentials: str, key: str) -> Principal | None:
     try:
         username, _, password = base64.b64decode(credentials, validate=True).decode().partition(":")
     except (binascii.Error, UnicodeDecodeError):
@@ -104,5 +109,16 @@ def _basic(sessions: sessionmaker[Session], credentials: str) -> Principal | Non
         if user is None:
             return None
         principal = Principal(user.username, Role(user.role))
-    basic_cache.put(key, principal)
+    principal_cache.put(key, principal)
+    return principal
+
+
+def _bearer(sessions: sessionmaker[Session], token: str, key: str) -> Principal | None:
+    with sessions() as session:
+        found = token_holder(session, token)
+        if found is None:
+            return None
+        user, expires_at = found
+        principal = Principal(user.username, Role(user.role))
+    principal_cache.put(key, principal, (expires_at - datetime.now(UTC)).total_seconds())
     return principal

@@ -39,7 +39,13 @@ def serve(settings: Settings, only: Only = None) -> None:
     try:
         if only in (None, "http"):
             app = create_app(archive, settings)
-            uvicorn.run(app, host=settings.http_host, port=settings.http_port, log_level="info")
+            uvicorn.run(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                log_level="info",
+                access_log=settings.access_log,
+            )
         else:
             _wait_for_signal()
     finally:

@@ -88,11 +88,15 @@ def issue_token(session: Session, user: User, ttl: timedelta) -> tuple[str, date
     return token, expires
 
 
-def user_for_token(session: Session, token: str) -> User | None:
+def token_holder(session: Session, token: str) -> tuple[User, datetime] | None:
+    """The user a live bearer token belongs to, and when the token expires."""
     row = session.scalar(select(ApiToken).where(ApiToken.token_sha256 == _digest(token)))
-    if row is None or _aware(row.expires_at) < datetime.now(UTC):
+    if row is None:
         return None
-    return row.user
+    expires_at = _aware(row.expires_at)
+    if expires_at < datetime.now(UTC):
+        return None
+    return row.user, expires_at
 
 
 def _digest(token: str) -> str:

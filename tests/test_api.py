@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from api.app import create_app
 from storage import Archive
-from storage.users import Role, create_user
+from storage.models import AuditEvent
+from storage.users import Role, create_user, get_user, issue_token
 from tests.conftest import SAMPLES
 
 PUBLIC = {"/healthz", "/docs", "/openapi.json", "/docs/oauth2-redirect", "/redoc"}
@@ -93,3 +97,30 @@ def test_only_admins_manage_users(client: TestClient) -> None:
     assert {"username": "hg-ct", "role": "modality"} in listed
     weak = {"username": "x", "password": "short", "role": "admin"}
     assert client.post("/api/users", json=weak, auth=("admin", "admin-password")).status_code == 422
+
+
+def test_a_remembered_token_still_expires(client: TestClient, archive: Archive) -> None:
+    with archive.sessions() as session:
+        user = get_user(session, "doctor")
+        assert user is not None
+        token, _ = issue_token(session, user, timedelta(seconds=1))
+        session.commit()
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/me", headers=headers).status_code == 200
+    assert client.get("/api/me", headers=headers).status_code == 200  # from memory now
+    time.sleep(1.1)
+    assert client.get("/api/me", headers=headers).status_code == 401
+
+
+def test_audit_events_still_gathering_are_written_at_shutdown(archive: Archive) -> None:
+    with archive.sessions() as session:
+        create_user(session, "doctor", "doctor-password", Role.RADIOLOGIST)
+        session.commit()
+    with TestClient(create_app(archive)) as test_client:
+        found = test_client.get("/dicomweb/studies", auth=("doctor", "doctor-password"))
+        assert found.status_code in (200, 204)
+    with archive.sessions() as session:
+        events = session.scalars(select(AuditEvent)).all()
+    assert [(e.username, e.action, e.path) for e in events] == [
+        ("doctor", "search", "/dicomweb/studies")
+    ]
