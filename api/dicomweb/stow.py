@@ -235,14 +235,16 @@ class _Upload:
             async with anyio.create_task_group() as tasks:
                 try:
                     async for chunk in request.stream():
+                        room = self.max_body - received
                         received += len(chunk)
-                        if received > self.max_body:
-                            await self._too_large_body()
-                            break
-                        for event in self.parser.feed(chunk):
+                        # The bytes up to the limit are parsed, so every part that
+                        # ends before it is stored however the body was chunked.
+                        for event in self.parser.feed(chunk[:room]):
                             await self._on(event, tasks)
                             if self.body_too_large:
                                 break
+                        if received > self.max_body and not self.body_too_large:
+                            await self._too_large_body()
                         if self.body_too_large:
                             break
                     else:
