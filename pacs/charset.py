@@ -33,6 +33,11 @@ def character_sets(ds: Dataset) -> list[str]:
     return [str(v).strip().upper() for v in values] or [""]
 
 
+def charsets_from_raw(value: bytes) -> list[str]:
+    """:func:`character_sets` from the raw bytes of Specific Character Set (0008,0005)."""
+    return [v.strip().upper() for v in value.decode("ascii", "replace").split("\\")] or [""]
+
+
 def decode_text(value: bytes, charsets: list[str], *, person_name: bool = False) -> str:
     """Decode the raw bytes of a string element; never raises."""
     if value.isascii() and b"\x1b" not in value:  # ISO 2022 escapes are 7-bit too

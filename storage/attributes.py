@@ -8,13 +8,16 @@ so a hostile 10 kB description cannot fail an insert.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
-from pacs.charset import character_sets, decode_text, search_key
+from pacs.charset import character_sets, charsets_from_raw, decode_text, search_key
+from storage.quick_header import RawElements
 
 
 @dataclass(frozen=True)
@@ -28,17 +31,30 @@ class IndexRecord:
 
 
 class _Reader:
-    """Reads elements of one dataset as clean, decoded, width-limited values."""
+    """Reads elements of one data set as clean, decoded, width-limited values.
 
-    def __init__(self, ds: Dataset) -> None:
-        self.ds = ds
-        self.charsets = character_sets(ds)
+    Two kinds share it: :class:`_DatasetReader` over a pydicom dataset and
+    :class:`_RawReader` over :mod:`storage.quick_header`'s raw elements. Sequence
+    items inherit the character set of the data set around them (PS3.5 §7.5.2)
+    unless they declare their own.
+    """
+
+    charsets: list[str]
+
+    def value(self, keyword: str) -> object:
+        """The element's raw bytes (or a value pydicom already converted); ``None``
+        when the element is absent."""
+        raise NotImplementedError
+
+    def items(self, sequence: str) -> list[_Reader]:
+        raise NotImplementedError
+
+    def us(self, keyword: str) -> int | None:
+        """A binary integer element (US/UL/SS/SL), its first value."""
+        raise NotImplementedError
 
     def text(self, keyword: str, width: int = 64, *, person_name: bool = False) -> str:
-        if keyword not in self.ds:
-            return ""
-        raw = self.ds.get_item(keyword)
-        value = getattr(raw, "value", None)
+        value = self.value(keyword)
         if isinstance(value, bytes):
             text = decode_text(value, self.charsets, person_name=person_name)
         elif value is None:
@@ -64,29 +80,99 @@ class _Reader:
             return None
 
     def first_in_sequence(self, sequence: str, keyword: str, width: int = 16) -> str:
-        items = self.ds.get(sequence) or []
-        for item in items:
-            value = _Reader(item).text(keyword, width)
+        for item in self.items(sequence):
+            value = item.text(keyword, width)
             if value:
                 return value
         return ""
 
+
+class _DatasetReader(_Reader):
+    def __init__(self, ds: Dataset, inherited: list[str] | None = None) -> None:
+        self.ds = ds
+        self.charsets = (
+            character_sets(ds)
+            if inherited is None or _TAGS["SpecificCharacterSet"] in ds
+            else inherited
+        )
+
+    def value(self, keyword: str) -> object:
+        if keyword not in self.ds:
+            return None
+        return getattr(self.ds.get_item(keyword), "value", None)
+
+    def items(self, sequence: str) -> list[_Reader]:
+        return [_DatasetReader(item, self.charsets) for item in self.ds.get(sequence) or []]
+
     def us(self, keyword: str) -> int | None:
-        """Binary integer elements (US/UL) read through pydicom's own conversion."""
-        value = self.ds.get(keyword)
+        value = self.ds.get(keyword)  # pydicom's own conversion
         if isinstance(value, MultiValue | list):
             value = value[0] if value else None
         return int(value) if isinstance(value, int | float) else None
 
 
+class _RawReader(_Reader):
+    def __init__(self, elements: RawElements, inherited: list[str] | None = None) -> None:
+        self.elements = elements
+        own = elements.values.get(_TAGS["SpecificCharacterSet"])
+        if own is not None or inherited is None:
+            self.charsets = charsets_from_raw(own[1] if own else b"")
+        else:
+            self.charsets = inherited
+
+    def value(self, keyword: str) -> object:
+        found = self.elements.values.get(_TAGS[keyword])
+        return None if found is None else found[1]
+
+    def items(self, sequence: str) -> list[_Reader]:
+        found = self.elements.items.get(_TAGS[sequence], [])
+        return [_RawReader(item, self.charsets) for item in found]
+
+    def us(self, keyword: str) -> int | None:
+        tag = _TAGS[keyword]
+        found = self.elements.values.get(tag)
+        if found is None:
+            return None
+        vr, raw = found
+        if vr == "UN":
+            vr = dictionary_VR(tag)
+        fmt = _BINARY_INTEGERS.get(vr)
+        if fmt is not None:
+            return struct.unpack_from(fmt, raw)[0] if len(raw) >= struct.calcsize(fmt) else None
+        return self.integer(keyword) if vr in ("IS", "DS") else None
+
+
+_BINARY_INTEGERS = {"US": "<H", "UL": "<I", "SS": "<h", "SL": "<i"}
+
+
+class _Tags(dict[str, int]):
+    """Keyword -> tag, looked up in pydicom's dictionary once per keyword."""
+
+    def __missing__(self, keyword: str) -> int:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise KeyError(keyword)
+        self[keyword] = tag
+        return tag
+
+
+_TAGS = _Tags()
+
+
 def extract(ds: Dataset) -> IndexRecord:
     """Everything the index stores for the instance whose header is ``ds``."""
-    r = _Reader(ds)
+    return _extract(_DatasetReader(ds))
+
+
+def extract_raw(elements: RawElements) -> IndexRecord:
+    """:func:`extract` for a header read by :mod:`storage.quick_header`."""
+    return _extract(_RawReader(elements))
+
+
+def _extract(r: _Reader) -> IndexRecord:
     patient_name = r.text("PatientName", 324, person_name=True)
     referring = r.text("ReferringPhysicianName", 324, person_name=True)
-    other_ids = "\\".join(
-        _Reader(item).text("PatientID") for item in ds.get("OtherPatientIDsSequence") or []
-    )
+    other_ids = "\\".join(item.text("PatientID") for item in r.items("OtherPatientIDsSequence"))
     patient = {
         "issuer": r.text("IssuerOfPatientID"),
         "patient_id": r.text("PatientID"),

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 
-from storage.attributes import extract
 from storage.index import add_instance
 from storage.ingest import Archive
 from storage.models import Instance, Patient, Series, Study
@@ -71,7 +70,7 @@ def rebuild(archive: Archive, progress: Progress | None = None) -> tuple[int, li
                 unreadable.append(key)
                 continue
             header, stored = found
-            add_instance(session, extract(header.dataset), stored)
+            add_instance(session, header.record, stored)
             session.flush()
             count += 1
             if count % 1000 == 0:

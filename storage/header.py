@@ -1,8 +1,9 @@
 """Reading what the index needs from a DICOM file without touching its pixels.
 
-:func:`read_header` parses everything up to Pixel Data, then walks the element
-headers that follow (pixel fragments included) by seeking, to prove the file is
-complete without reading or decoding the pixel bytes. A truncated file, a file
+:func:`read_header` parses everything up to Pixel Data (with
+:mod:`storage.quick_header` when the file is little endian, else pydicom), then
+walks the element headers that follow (pixel fragments included) by seeking, to
+prove the file is complete without reading or decoding the pixel bytes. A truncated file, a file
 that is not DICOM, or one whose UIDs are missing or malformed raises
 :class:`InvalidInstance` with a reason fit for an ErrorComment.
 """
@@ -16,12 +17,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
+from storage.attributes import IndexRecord, extract, extract_raw
+from storage.quick_header import QuickHeader, read_quick
+
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_REQUIRED_TAGS = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in REQUIRED_UIDS}
 
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR"}
@@ -39,9 +45,15 @@ class MismatchedInstance(InvalidInstance):
 
 @dataclass(frozen=True)
 class Header:
-    dataset: FileDataset
+    """What the index keeps of a file, and the file's syntax and size."""
+
+    record: IndexRecord
     transfer_syntax_uid: UID
     file_size: int
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return str(self.record.instance["sop_instance_uid"])
 
 
 def is_valid_uid(value: object) -> bool:
@@ -49,25 +61,50 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 64 and UID_PATTERN.fullmatch(value) is not None
 
 
-def read_header(path: Path) -> Header:
-    """Read and check the header of the DICOM file at ``path``."""
+def read_header(path: Path, *, quick: bool = True) -> Header:
+    """Read and check the header of the DICOM file at ``path``; ``quick=False``
+    reads it with pydicom even when :mod:`storage.quick_header` could."""
     size = path.stat().st_size
     with path.open("rb") as fp:
+        found = read_quick(fp, size) if quick else None
+        if found is not None:
+            return _checked_quick(fp, found, size)
+        fp.seek(0)
         try:
             ds = dcmread(fp, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, struct.error, ValueError, TypeError) as exc:
             raise InvalidInstance(f"not a readable DICOM file: {exc}") from exc
         except Exception as exc:  # pydicom raises many types on garbage input
             raise InvalidInstance(f"not a readable DICOM file: {type(exc).__name__}") from exc
-        syntax = _transfer_syntax(ds)
+        syntax = _transfer_syntax(ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None)
         if syntax != DeflatedExplicitVRLittleEndian:
             _walk_rest(fp, size, syntax.is_little_endian, syntax.is_implicit_VR)
     _check_identity(ds)
-    return Header(ds, syntax, size)
+    meta_uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
+    _check_announced_in_meta(str(meta_uid) if meta_uid else "", str(ds.SOPInstanceUID))
+    return Header(extract(ds), syntax, size)
 
 
-def _transfer_syntax(ds: FileDataset) -> UID:
-    syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+def _checked_quick(fp: BinaryIO, found: QuickHeader, size: int) -> Header:
+    syntax = _transfer_syntax(found.transfer_syntax)
+    fp.seek(found.data_end)
+    _walk_rest(fp, size, little=True, implicit=syntax.is_implicit_VR)
+    values = found.dataset.values
+    for keyword in REQUIRED_UIDS:
+        raw = values.get(_REQUIRED_TAGS[keyword])
+        value = raw[1].decode("ascii", "replace").replace("\x00", "").strip() if raw else ""
+        if not value:
+            raise InvalidInstance(f"missing {keyword}")
+        if not is_valid_uid(value):
+            raise InvalidInstance(f"malformed {keyword} {value[:80]!r}")
+    record = extract_raw(found.dataset)
+    meta_uid = found.meta.values.get(0x00020003)
+    announced = meta_uid[1].decode("ascii", "replace").strip("\x00 ") if meta_uid else ""
+    _check_announced_in_meta(announced, str(record.instance["sop_instance_uid"]))
+    return Header(record, syntax, size)
+
+
+def _transfer_syntax(syntax: object) -> UID:
     if not syntax or not is_valid_uid(str(syntax)):
         raise InvalidInstance("missing or malformed Transfer Syntax UID in file meta")
     syntax = UID(str(syntax))
@@ -86,10 +123,12 @@ def _check_identity(ds: FileDataset) -> None:
             raise InvalidInstance(f"missing {keyword}")
         if not is_valid_uid(str(value)):
             raise InvalidInstance(f"malformed {keyword} {str(value)[:80]!r}")
-    meta_uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
-    if meta_uid and str(meta_uid) != str(ds.SOPInstanceUID):
+
+
+def _check_announced_in_meta(meta_uid: str, sop_instance_uid: str) -> None:
+    if meta_uid and meta_uid != sop_instance_uid:
         raise MismatchedInstance(
-            f"SOPInstanceUID {ds.SOPInstanceUID} differs from the announced {meta_uid}"
+            f"SOPInstanceUID {sop_instance_uid} differs from the announced {meta_uid}"
         )
 
 

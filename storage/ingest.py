@@ -29,7 +29,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.attributes import IndexRecord, extract
+from storage.attributes import IndexRecord
 from storage.blobs import BlobStore, BlobStoreError, blob_key
 from storage.header import Header, InvalidInstance, MismatchedInstance, read_header
 from storage.index import (
@@ -165,10 +165,14 @@ class Archive:
                 flushing.exception()  # let the worker finish before the file goes
             problem = Problem.MISMATCH if isinstance(exc, MismatchedInstance) else Problem.INVALID
             return _rejected(problem, str(exc), source)
-        record = extract(header.dataset)
-        ds = header.dataset
-        uid = str(ds.SOPInstanceUID)
-        result = IngestResult(Outcome.STORED, uid, str(ds.SOPClassUID), str(ds.StudyInstanceUID))
+        record = header.record
+        uid = header.sop_instance_uid
+        result = IngestResult(
+            Outcome.STORED,
+            uid,
+            record.instance["sop_class_uid"],
+            record.study["study_instance_uid"],
+        )
         with self._locks[hash(uid) % len(self._locks)]:
             try:
                 with self._engine.connect() as conn:
@@ -272,9 +276,9 @@ class Archive:
             if found is not None:
                 header, stored = found
                 with self.sessions() as session:
-                    indexed = find_instance(session, str(header.dataset.SOPInstanceUID))
+                    indexed = find_instance(session, header.sop_instance_uid)
                 if indexed is None:
-                    self._index(extract(header.dataset), stored, "", replace=False)
+                    self._index(header.record, stored, "", replace=False)
                     recovered += 1
                     log.warning("recovered %s, stored but not indexed before a crash", key)
             self.blobs.unmark_pending(key)
@@ -322,15 +326,16 @@ def _stored_columns(key: str, header: Header, sha256: str, ae_title: str) -> dic
 
 
 def _check_announced(header: Header, source: Source) -> None:
-    ds = header.dataset
-    if source.sop_instance_uid and source.sop_instance_uid != str(ds.SOPInstanceUID):
+    instance = header.record.instance
+    if source.sop_instance_uid and source.sop_instance_uid != instance["sop_instance_uid"]:
         raise MismatchedInstance(
-            f"dataset SOPInstanceUID {ds.SOPInstanceUID} is not the announced "
+            f"dataset SOPInstanceUID {instance['sop_instance_uid']} is not the announced "
             f"{source.sop_instance_uid}"
         )
-    if source.sop_class_uid and source.sop_class_uid != str(ds.SOPClassUID):
+    if source.sop_class_uid and source.sop_class_uid != instance["sop_class_uid"]:
         raise MismatchedInstance(
-            f"dataset SOPClassUID {ds.SOPClassUID} is not the announced {source.sop_class_uid}"
+            f"dataset SOPClassUID {instance['sop_class_uid']} is not the announced "
+            f"{source.sop_class_uid}"
         )
 
 
