@@ -53,11 +53,20 @@ class BlobStore(Protocol):
         ...
 
     def put(self, key: str, staged: Path, *, flushed: bool = False) -> None:
-        """Durably move ``staged`` (a file in the staging folder) to ``key``.
+        """Durably move ``staged`` (a file in the staging folder) to ``key``:
+        :meth:`place`, then :meth:`settle`."""
+        ...
+
+    def place(self, key: str, staged: Path, *, flushed: bool = False) -> None:
+        """Move ``staged`` to ``key``: readable at once, durable after :meth:`settle`.
 
         ``flushed`` says the caller already fsynced the file. Replaces any blob
         already at ``key``; raises :class:`BlobStoreError`.
         """
+        ...
+
+    def settle(self, key: str) -> None:
+        """Make the placement of ``key`` durable; raises :class:`BlobStoreError`."""
         ...
 
     def open(self, key: str) -> BinaryIO:
@@ -106,6 +115,10 @@ class FileBlobStore:
         return self._staging / f"{uuid.uuid4().hex}.part"
 
     def put(self, key: str, staged: Path, *, flushed: bool = False) -> None:
+        self.place(key, staged, flushed=flushed)
+        self.settle(key)
+
+    def place(self, key: str, staged: Path, *, flushed: bool = False) -> None:
         if staged.parent != self._staging:
             raise ValueError(f"{staged} is not in the staging folder {self._staging}")
         target = self._path(key)
@@ -114,10 +127,16 @@ class FileBlobStore:
             if not flushed:
                 _fsync_file(staged)
             os.replace(staged, target)
-            _fsync_dir(target.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 staged.unlink()
+            raise BlobStoreError(exc.errno, f"cannot store blob {key}: {exc.strerror}") from exc
+
+    def settle(self, key: str) -> None:
+        # The rename is durable once the folder holding the new name is on disk.
+        try:
+            _fsync_dir(self._path(key).parent)
+        except OSError as exc:
             raise BlobStoreError(exc.errno, f"cannot store blob {key}: {exc.strerror}") from exc
 
     def open(self, key: str) -> BinaryIO:

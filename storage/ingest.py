@@ -213,9 +213,14 @@ class Archive:
         source: Source,
         result: IngestResult,
     ) -> IngestResult:
+        key = stored["blob_key"]
         if existing_sha == stored["sha256"]:
-            return _with(result, Outcome.DUPLICATE, "identical instance already stored")
-        if existing_sha and self.policy is DuplicatePolicy.KEEP_FIRST:
+            if self.blobs.exists(key):
+                return _with(result, Outcome.DUPLICATE, "identical instance already stored")
+            # Indexed, but the file is gone (a power cut before its folder reached the
+            # disk, or a deleted file): this copy takes its place.
+            log.warning("%s was indexed without its file: storing it again", key)
+        elif existing_sha and self.policy is DuplicatePolicy.KEEP_FIRST:
             log.warning(
                 "%s resent %s with other content: kept the first",
                 source.ae_title,
@@ -226,28 +231,31 @@ class Archive:
                 Outcome.KEPT_EXISTING,
                 "different instance with this SOP Instance UID already stored; kept the first",
             )
-        if existing_sha and self.policy is DuplicatePolicy.REJECT:
+        elif existing_sha and self.policy is DuplicatePolicy.REJECT:
             return _rejected(
                 Problem.CONFLICT,
                 "SOP Instance UID already stored with different content",
                 source,
                 result,
             )
-        key = stored["blob_key"]
-        # The blob is durable before the index write begins, so the database's write
-        # lock is never held across a disk flush.
-        # A pending marker covers the moment between the two: a process killed there
-        # leaves a stored, unindexed blob that recover_pending() indexes on restart.
+        # The file itself is on disk (fsynced by the flusher) before it is placed; the
+        # fsync that makes its new name durable runs beside the index write, and the
+        # answer waits for both, so the database's write lock is never held across a
+        # disk flush. A pending marker covers a process killed between placing the
+        # blob and committing its row: recover_pending() indexes it on restart.
         self.blobs.mark_pending(key)
-        self.blobs.put(key, staged, flushed=True)
+        self.blobs.place(key, staged, flushed=True)
+        settling = self._flusher.submit(self.blobs.settle, key)
         try:
             self._index(record, stored, source.site, replace=existing_sha is not None)
         except Exception:
+            settling.exception()
             if existing_sha is None:
                 self.blobs.delete(key)
             raise
         finally:
             self.blobs.unmark_pending(key)
+        settling.result()  # a failure here leaves blob and row, consistent; not acknowledged
         BYTES.inc(stored["file_size"])
         return _with(result, Outcome.REPLACED if existing_sha else Outcome.STORED)
 

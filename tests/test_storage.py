@@ -84,6 +84,20 @@ def test_same_instance_twice_is_an_idempotent_success(archive: Archive) -> None:
         assert session.scalars(select(Study)).one().number_of_instances == 1
 
 
+def test_an_indexed_instance_whose_file_is_gone_is_stored_again(archive: Archive) -> None:
+    archive.ingest(CT_SLICES[0])
+    with archive.sessions() as session:
+        key = session.scalars(select(Instance.blob_key)).one()
+    lost = archive.blobs.local_path(key)
+    assert lost is not None
+    lost.unlink()  # as after a power cut that lost the file's new name
+    assert not check(archive).consistent
+    assert archive.ingest(CT_SLICES[0]).ok  # the sender's retry
+    assert lost.read_bytes() == CT_SLICES[0].read_bytes()
+    assert count(archive, Instance) == 1
+    assert check(archive).consistent
+
+
 def _altered_copy(source: Path, tmp_path: Path) -> Path:
     ds = dcmread(source)
     ds.StudyDescription = "changed on the console"
