@@ -1,9 +1,11 @@
 """The DICOM listener: a pynetdicom AE serving Verification and Storage.
 
-C-STORE datasets are streamed by pynetdicom straight into a file in the blob
-store's staging folder (``STORE_RECV_CHUNKED_DATASET``), then handed to
-:meth:`storage.Archive.ingest`, which renames it into place: the bytes are kept
-exactly as received and pixels are never decoded (PS3.4 Annex B).
+An association that only stores (a modality pushing a study) is served by the
+lean Storage SCP in :mod:`pacs.store_scp` (:mod:`pacs.listener` routes it); the
+rest by pynetdicom, whose C-STORE data sets are streamed straight into a file in
+the blob store's staging folder (``STORE_RECV_CHUNKED_DATASET``). Either way the
+file is handed to :meth:`storage.Archive.ingest`, which renames it into place:
+the bytes are kept exactly as received and pixels are never decoded (PS3.4 Annex B).
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import status
+from pacs.listener import LeanStorage, start_server
 from pacs.settings import Settings
+from pacs.store_scp import Caller, OpenStore, Stored, StoreHandler
 from storage import Archive, IngestResult, Outcome, Problem, Source
 from storage.blobs import staging_tempdir
 
@@ -56,7 +60,15 @@ def start_dicom_server(archive: Archive, settings: Settings) -> ThreadedAssociat
         (evt.EVT_C_ECHO, _handle_echo),
         (evt.EVT_C_STORE, _handle_store, [archive]),
     ]
-    server = ae.start_server(("0.0.0.0", settings.dicom_port), block=False, evt_handlers=handlers)
+    lean = LeanStorage(
+        ae_title=settings.ae_title,
+        max_pdu=settings.max_pdu_size,
+        max_associations=settings.max_associations,
+        network_timeout=float(ae.network_timeout or 60),
+        staging=archive.blobs.staging_dir(),
+        open_store=_lean_store(archive),
+    )
+    server = start_server(ae, ("0.0.0.0", settings.dicom_port), handlers, lean)
     log.info("DICOM listener %s on port %d", settings.ae_title, server.server_address[1])
     return server
 
@@ -136,36 +148,59 @@ def _take_receive_error(path: Path) -> OSError | None:
 
 
 def _handle_store(event: evt.Event, archive: Archive) -> Dataset:
+    """C-STORE on a pynetdicom association (one that also queries or retrieves)."""
     request = event.request
-    failed = _take_receive_error(event.dataset_path)
-    if failed is not None:
-        event.dataset_path.unlink(missing_ok=True)
-        uid = str(request.AffectedSOPInstanceUID)
-        log.error("cannot receive %s: %s", uid, failed)
-        reason = f"cannot write received data: {failed.strerror or failed}"
-        return store_status(
-            IngestResult(Outcome.REJECTED, uid, reason=reason, problem=Problem.OUT_OF_RESOURCES)
-        )
+    path = Path(event.dataset_path)
     source = Source(
-        ae_title=event.assoc.requestor.ae_title,
+        ae_title=str(event.assoc.requestor.ae_title),
         sop_instance_uid=str(request.AffectedSOPInstanceUID),
         sop_class_uid=str(request.AffectedSOPClassUID),
     )
-    result = archive.ingest(event.dataset_path, source, move=True)
-    return store_status(result)
+    return _as_dataset(
+        store_status(store_received(archive, source, path, _take_receive_error(path)))
+    )
 
 
-def store_status(result: IngestResult) -> Dataset:
+def _lean_store(archive: Archive) -> OpenStore:
+    """C-STORE on a storage-only association (:mod:`pacs.store_scp`)."""
+
+    def open_store(caller: Caller) -> StoreHandler:
+        def store(sop_class: str, sop_instance: str, path: Path, failed: OSError | None) -> Stored:
+            source = Source(caller.ae_title, "", sop_instance, sop_class)
+            return store_status(store_received(archive, source, path, failed))
+
+        return store
+
+    return open_store
+
+
+def store_received(
+    archive: Archive, source: Source, path: Path, failed: OSError | None
+) -> IngestResult:
+    """Ingest a received data set, or reject it when writing it to disk failed."""
+    if failed is None:
+        return archive.ingest(path, source, move=True)
+    path.unlink(missing_ok=True)
+    uid = source.sop_instance_uid or ""
+    log.error("cannot receive %s: %s", uid, failed)
+    reason = f"cannot write received data: {failed.strerror or failed}"
+    return IngestResult(Outcome.REJECTED, uid, reason=reason, problem=Problem.OUT_OF_RESOURCES)
+
+
+def store_status(result: IngestResult) -> Stored:
     """The C-STORE response status for an ingest result, with an ErrorComment."""
-    response = Dataset()
     if result.outcome is Outcome.KEPT_EXISTING:
-        response.Status = status.ELEMENTS_DISCARDED
-        response.ErrorComment = "Duplicate UID, other content: kept first"
-    elif result.problem is not None:
-        response.Status = status.FAILURE_STATUS[result.problem]
-        response.ErrorComment = _error_comment(result.reason)
-    else:
-        response.Status = status.SUCCESS
+        return Stored(status.ELEMENTS_DISCARDED, "Duplicate UID, other content: kept first")
+    if result.problem is not None:
+        return Stored(status.FAILURE_STATUS[result.problem], _error_comment(result.reason))
+    return Stored(status.SUCCESS)
+
+
+def _as_dataset(stored: Stored) -> Dataset:
+    response = Dataset()
+    response.Status = stored.status
+    if stored.comment:
+        response.ErrorComment = stored.comment
     return response
 
 
