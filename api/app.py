@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from api import dicomweb, wado_uri
+from api import dicomweb, viewer_site, wado_uri, worklist
 from api.audit import AuditLog, AuditMiddleware
 from api.auth import Principal, current_user, principal_cache, require_role
 from pacs.settings import Settings
@@ -93,6 +93,8 @@ def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(dicomweb.router)
     app.include_router(wado_uri.router)
+    app.include_router(worklist.router)
+    app.mount("/viewer", viewer_site.site())
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

@@ -434,19 +434,22 @@ def test_instance_lookups_are_remembered_a_series_at_a_time(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     asked: list[tuple[str | None, ...]] = []
+    answered: list[tuple[str | None, ...]] = []
     real = rendered._lookup
 
     async def counting(
         request: Any, study: str, series: str | None = None, instance: str | None = None
     ) -> list[Any]:
         asked.append((study, series, instance))
-        return await real(request, study, series, instance)
+        found = await real(request, study, series, instance)
+        answered.append((study, series, instance))
+        return found
 
     monkeypatch.setattr(rendered, "_lookup", counting)
     first = client.get(f"{CT.url}/rendered?viewport=32,32")
     assert first.status_code == 200
-    deadline = time.monotonic() + 5
-    while len(asked) < 2 and time.monotonic() < deadline:  # the series loads meanwhile
+    deadline = time.monotonic() + 10
+    while len(answered) < 2 and time.monotonic() < deadline:  # the series loads meanwhile
         time.sleep(0.02)
     assert asked == [(CT.study, CT.series, CT.instance), (CT.study, CT.series, None)]
     for path in CT_FILES[1:]:
