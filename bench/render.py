@@ -55,6 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import bench_path  # noqa: F401 - before viewer: see bench/bench_path.py
 import numpy as np
 import servers
 from ct_series import ensure_series

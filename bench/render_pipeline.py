@@ -46,6 +46,7 @@ from itertools import cycle
 from pathlib import Path
 from typing import Any
 
+import bench_path  # noqa: F401 - before viewer: see bench/bench_path.py
 import numpy as np
 from ct_series import ensure_series
 from PIL import Image
