@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-APT_TOOLS := dcmtk orthanc chromium
+APT_TOOLS := dcmtk orthanc chromium openssl
 
 .PHONY: run test bench system-tools
 
@@ -26,7 +26,7 @@ run: $(STAMP)
 	$(BIN)/pacs serve
 
 system-tools:
-	@missing=""; for tool in storescu Orthanc chromium; do command -v $$tool >/dev/null || \
+	@missing=""; for tool in storescu Orthanc chromium openssl; do command -v $$tool >/dev/null || \
 		[ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system tools:$$missing"; \

@@ -16,7 +16,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from api import dicomweb, viewer_site, wado_uri, worklist
+from api import (
+    dicomweb,
+    jobs,
+    nodes,
+    routing_rules,
+    viewer_site,
+    wado_uri,
+    worklist,
+)
 from api.audit import AuditLog, AuditMiddleware
 from api.auth import Principal, current_user, principal_cache, require_role
 from pacs.settings import Settings
@@ -93,6 +101,9 @@ def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
         )
     app.include_router(dicomweb.router)
     app.include_router(wado_uri.router)
+    app.include_router(nodes.router)
+    app.include_router(jobs.router)
+    app.include_router(routing_rules.router)
     app.include_router(worklist.router)
     app.mount("/viewer", viewer_site.site())
 

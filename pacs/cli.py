@@ -1,4 +1,4 @@
-"""The ``pacs`` command: serve, import, check, db, user (``pacs VERB --help``)."""
+"""The ``pacs`` command: serve, import, check, db, user, node, send, jobs (``pacs VERB --help``)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import getpass
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from tqdm import tqdm
 
 from pacs.bootstrap import SchemaOutdated, archive_from_settings
 from pacs.settings import Settings, load_settings
-from storage import Outcome
+from storage import Archive, Outcome
 from storage.database import make_engine, upgrade
+from storage.jobs import JobError, JobState, enqueue, get_job, list_jobs
 from storage.users import Role, UserError, create_user, list_users, set_password
 
 
@@ -80,6 +82,35 @@ def _parser() -> argparse.ArgumentParser:
     passwd = user.add_parser("passwd", help="set a user's password")
     passwd.add_argument("username")
     passwd.set_defaults(run=_user_passwd)
+
+    node = verbs.add_parser("node", help="remote DICOM nodes").add_subparsers(required=True)
+    node_add = node.add_parser("add", help="register a node (rights default to all)")
+    node_add.add_argument("name")
+    node_add.add_argument("--ae", required=True, help="its AE title")
+    node_add.add_argument("--host", required=True)
+    node_add.add_argument("--port", type=int, required=True)
+    node_add.add_argument("--site", default="", help="issuer for its patients without one")
+    node_add.add_argument("--tls", action="store_true", help="reach it over TLS")
+    for right in ("store", "query", "retrieve"):
+        node_add.add_argument(
+            f"--{right}", action=argparse.BooleanOptionalAction, default=True,
+            help=f"may it {right} (C-STORE / C-FIND / C-MOVE+C-GET) with us",
+        )  # fmt: skip
+    node_add.set_defaults(run=_node_add)
+    node.add_parser("list", help="list nodes").set_defaults(run=_node_list)
+    node_remove = node.add_parser("remove", help="forget a node")
+    node_remove.add_argument("name")
+    node_remove.set_defaults(run=_node_remove)
+
+    send = verbs.add_parser("send", help="queue a study for forwarding to a node")
+    send.add_argument("study", metavar="STUDY_UID")
+    send.add_argument("--to", required=True, metavar="NODE", help="a registered node")
+    send.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    send.set_defaults(run=_send)
+    jobs = verbs.add_parser("jobs", help="list forwarding jobs, newest first")
+    jobs.add_argument("--state", choices=[s.value for s in JobState])
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.set_defaults(run=_jobs)
     return parser
 
 
@@ -177,6 +208,102 @@ def _user_passwd(settings: Settings, args: argparse.Namespace) -> int:
             return 1
         session.commit()
     print(f"password of {args.username} changed")
+    return 0
+
+
+def _node_add(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.nodes import Node, NodeError, add_node
+
+    node = Node(
+        name=args.name, ae_title=args.ae, host=args.host, port=args.port, site=args.site,
+        tls=args.tls, may_store=args.store, may_query=args.query, may_retrieve=args.retrieve,
+    )  # fmt: skip
+    archive = archive_from_settings(settings, create_schema=True)
+    with archive.sessions() as session:
+        try:
+            add_node(session, node)
+        except NodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"node {node.name} ({node.ae_title.strip()}@{node.host}:{node.port}) added")
+    return 0
+
+
+def _node_list(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.nodes import list_nodes
+
+    archive = archive_from_settings(settings, create_schema=True)
+    with archive.sessions() as session:
+        for n in list_nodes(session):
+            rights = ",".join(r for r in ("store", "query", "retrieve") if getattr(n, f"may_{r}"))
+            tls = " tls" if n.tls else ""
+            print(f"{n.name}\t{n.ae_title}@{n.host}:{n.port}{tls}\tsite={n.site}\t{rights or '-'}")
+    return 0
+
+
+def _node_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.nodes import NodeError, remove_node
+
+    archive = archive_from_settings(settings, create_schema=True)
+    with archive.sessions() as session:
+        try:
+            remove_node(session, args.name)
+        except NodeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"node {args.name} removed")
+    return 0
+
+
+def _send(settings: Settings, args: argparse.Namespace) -> int:
+    archive = archive_from_settings(settings, create_schema=True)
+    with archive.sessions() as session:
+        try:
+            job = enqueue(session, args.study, args.to)
+        except JobError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"job {job.id} queued: study {job.study_instance_uid} -> {job.node}", flush=True)
+    if not args.wait:
+        return 0
+    return _follow(archive, job.id)
+
+
+def _follow(archive: Archive, job_id: int) -> int:
+    """Print each change of the job until it ends (it runs in `pacs serve`)."""
+    shown = ""
+    while True:
+        with archive.sessions() as session:
+            job = get_job(session, job_id)
+        assert job is not None
+        line = f"job {job.id}: {job.state} {job.sent}/{job.total or '?'} sent"
+        if job.failed:
+            line += f", {job.failed} refused"
+        if job.last_error:
+            line += f" ({job.last_error})"
+        if line != shown:
+            print(line, flush=True)
+            shown = line
+        if job.finished:
+            for uid in job.failed_uids:
+                print(f"  refused: {uid}")
+            return 0 if job.state is JobState.DONE else 1
+        time.sleep(0.5)
+
+
+def _jobs(settings: Settings, args: argparse.Namespace) -> int:
+    archive = archive_from_settings(settings, create_schema=True)
+    state = JobState(args.state) if args.state else None
+    with archive.sessions() as session:
+        found = list_jobs(session, state=state, limit=args.limit)
+    for job in found:
+        refused = f", {job.failed} refused" if job.failed else ""
+        progress = f"{job.sent}/{job.total} sent{refused}"
+        print(f"{job.id}\t{job.state}\t{job.study_instance_uid}\t-> {job.node}\t{progress}\t"
+              f"attempts={job.attempts}\t{job.origin}\t{job.last_error}")  # fmt: skip
     return 0
 
 

@@ -1,11 +1,14 @@
-"""The DICOM listener: a pynetdicom AE serving Verification and Storage.
+"""The DICOM listener: a pynetdicom AE serving Verification, Storage and Query/Retrieve.
 
 An association that only stores (a modality pushing a study) is served by the
 lean Storage SCP in :mod:`pacs.store_scp` (:mod:`pacs.listener` routes it); the
 rest by pynetdicom, whose C-STORE data sets are streamed straight into a file in
 the blob store's staging folder (``STORE_RECV_CHUNKED_DATASET``). Either way the
 file is handed to :meth:`storage.Archive.ingest`, which renames it into place:
-the bytes are kept exactly as received and pixels are never decoded (PS3.4 Annex B).
+the bytes are kept exactly as received and pixels are never decoded (PS3.4
+Annex B). C-FIND is in
+:mod:`pacs.find`, C-MOVE and C-GET in :mod:`pacs.move`; who may do what is
+:mod:`pacs.access`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import tempfile
 import threading
 import uuid
@@ -21,19 +23,32 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
 from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from pacs import status
+from pacs.access import NOT_AUTHORIZED, Access, Right
+from pacs.find import MODEL_LEVELS, handle_find
 from pacs.listener import LeanStorage, start_server
+from pacs.move import GET_MODELS, MOVE_MODELS, install, plan_retrieve
+from pacs.scu import disable_nagle
 from pacs.settings import Settings
 from pacs.store_scp import Caller, OpenStore, Stored, StoreHandler
 from storage import Archive, IngestResult, Outcome, Problem, Source
 from storage.blobs import staging_tempdir
+from storage.nodes import Node
 
 log = logging.getLogger(__name__)
+
+# Query/Retrieve requests are small identifiers: the uncompressed syntaxes do.
+QUERY_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
 def build_ae(settings: Settings) -> AE:
@@ -48,6 +63,9 @@ def build_ae(settings: Settings) -> AE:
     ae.require_called_aet = True
     ae.network_timeout = 60
     ae.add_supported_context(Verification, AllTransferSyntaxes)
+    for model in [*MODEL_LEVELS, *MOVE_MODELS, *GET_MODELS]:
+        ae.add_supported_context(model, QUERY_SYNTAXES)
+    install()  # our C-MOVE / C-GET sub-operations (pacs.move)
     return ae
 
 
@@ -55,10 +73,14 @@ def start_dicom_server(archive: Archive, settings: Settings) -> ThreadedAssociat
     """Start listening on ``settings.dicom_port`` in background threads."""
     staging_tempdir(archive.blobs)
     ae = build_ae(settings)
+    access = Access(archive, settings)
     handlers = [
-        (evt.EVT_CONN_OPEN, _disable_nagle),
+        (evt.EVT_CONN_OPEN, disable_nagle),
         (evt.EVT_C_ECHO, _handle_echo),
-        (evt.EVT_C_STORE, _handle_store, [archive]),
+        (evt.EVT_C_STORE, _handle_store, [archive, access]),
+        (evt.EVT_C_FIND, handle_find, [archive, access, settings.ae_title]),
+        (evt.EVT_C_MOVE, plan_retrieve, [archive, access, settings]),
+        (evt.EVT_C_GET, plan_retrieve, [archive, access, settings]),
     ]
     lean = LeanStorage(
         ae_title=settings.ae_title,
@@ -66,19 +88,11 @@ def start_dicom_server(archive: Archive, settings: Settings) -> ThreadedAssociat
         max_associations=settings.max_associations,
         network_timeout=float(ae.network_timeout or 60),
         staging=archive.blobs.staging_dir(),
-        open_store=_lean_store(archive),
+        open_store=_lean_store(archive, access),
     )
     server = start_server(ae, ("0.0.0.0", settings.dicom_port), handlers, lean)
     log.info("DICOM listener %s on port %d", settings.ae_title, server.server_address[1])
     return server
-
-
-def _disable_nagle(event: evt.Event) -> None:
-    """Nagle's algorithm delays the small PDUs that end each message; it costs
-    about 10x in C-STORE throughput with DCMTK peers."""
-    sock = event.assoc.dul.socket
-    if sock is not None and sock.socket is not None:
-        sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _handle_echo(event: evt.Event) -> int:
@@ -147,26 +161,42 @@ def _take_receive_error(path: Path) -> OSError | None:
         return _receive_errors.pop(str(path), None)
 
 
-def _handle_store(event: evt.Event, archive: Archive) -> Dataset:
+def _handle_store(event: evt.Event, archive: Archive, access: Access) -> Dataset:
     """C-STORE on a pynetdicom association (one that also queries or retrieves)."""
     request = event.request
     path = Path(event.dataset_path)
-    source = Source(
-        ae_title=str(event.assoc.requestor.ae_title),
-        sop_instance_uid=str(request.AffectedSOPInstanceUID),
-        sop_class_uid=str(request.AffectedSOPClassUID),
+    failed = _take_receive_error(path)
+    refused = access.refusal(event, Right.STORE)
+    if refused is not None:
+        path.unlink(missing_ok=True)
+        return _as_dataset(Stored(NOT_AUTHORIZED, refused))
+    result = store_received(
+        archive,
+        Source(
+            ae_title=str(event.assoc.requestor.ae_title),
+            site=_site(access.node(event)),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            sop_class_uid=str(request.AffectedSOPClassUID),
+        ),
+        path,
+        failed,
     )
-    return _as_dataset(
-        store_status(store_received(archive, source, path, _take_receive_error(path)))
-    )
+    return _as_dataset(store_status(result))
 
 
-def _lean_store(archive: Archive) -> OpenStore:
-    """C-STORE on a storage-only association (:mod:`pacs.store_scp`)."""
+def _lean_store(archive: Archive, access: Access) -> OpenStore:
+    """C-STORE on a storage-only association (:mod:`pacs.store_scp`): the caller's
+    node and rights are looked up once, when the association is accepted."""
 
     def open_store(caller: Caller) -> StoreHandler:
+        node = access.lookup(caller.ae_title, caller.address)
+        refused = access.refusal_for(node, caller.ae_title, Right.STORE)
+
         def store(sop_class: str, sop_instance: str, path: Path, failed: OSError | None) -> Stored:
-            source = Source(caller.ae_title, "", sop_instance, sop_class)
+            if refused is not None:
+                path.unlink(missing_ok=True)
+                return Stored(NOT_AUTHORIZED, refused)
+            source = Source(caller.ae_title, _site(node), sop_instance, sop_class)
             return store_status(store_received(archive, source, path, failed))
 
         return store
@@ -187,12 +217,16 @@ def store_received(
     return IngestResult(Outcome.REJECTED, uid, reason=reason, problem=Problem.OUT_OF_RESOURCES)
 
 
+def _site(node: Node | None) -> str:
+    return node.site if node else ""
+
+
 def store_status(result: IngestResult) -> Stored:
     """The C-STORE response status for an ingest result, with an ErrorComment."""
     if result.outcome is Outcome.KEPT_EXISTING:
         return Stored(status.ELEMENTS_DISCARDED, "Duplicate UID, other content: kept first")
     if result.problem is not None:
-        return Stored(status.FAILURE_STATUS[result.problem], _error_comment(result.reason))
+        return Stored(status.FAILURE_STATUS[result.problem], status.error_comment(result.reason))
     return Stored(status.SUCCESS)
 
 
@@ -202,9 +236,3 @@ def _as_dataset(stored: Stored) -> Dataset:
     if stored.comment:
         response.ErrorComment = stored.comment
     return response
-
-
-def _error_comment(reason: str) -> str:
-    """ErrorComment is an LO: 64 characters, no backslash or control characters."""
-    clean = "".join(c if c.isprintable() and c != "\\" else " " for c in reason)
-    return clean[:64]

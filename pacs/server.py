@@ -16,6 +16,7 @@ import uvicorn
 
 from api.app import create_app
 from pacs.bootstrap import archive_from_settings, ensure_first_admin
+from pacs.forward import Forwarder
 from pacs.scp import start_dicom_server
 from pacs.settings import Settings
 
@@ -36,9 +37,17 @@ def serve(settings: Settings, only: Only = None) -> None:
             flush=True,
         )
     dicom = start_dicom_server(archive, settings) if only in (None, "dicom") else None
+    # Forwarding is DICOM work: it runs beside the listener, not in an HTTP-only process.
+    forwards = only in (None, "dicom") and settings.forward_workers > 0
+    forwarder = Forwarder(archive, settings) if forwards else None
+    if forwarder is not None:
+        forwarder.start()
     try:
         if only in (None, "http"):
             app = create_app(archive, settings)
+            # uvicorn shuts down on SIGTERM, then raises it again: with the default
+            # handler that would end the process before the clean-up below.
+            signal.signal(signal.SIGTERM, _exit)
             uvicorn.run(
                 app,
                 host=settings.http_host,
@@ -49,8 +58,14 @@ def serve(settings: Settings, only: Only = None) -> None:
         else:
             _wait_for_signal()
     finally:
+        if forwarder is not None:
+            forwarder.stop()
         if dicom is not None:
             dicom.shutdown()
+
+
+def _exit(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _wait_for_signal() -> None:

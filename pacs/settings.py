@@ -37,6 +37,26 @@ class Settings(BaseSettings):
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     max_associations: int = Field(32, ge=1)
     token_ttl_seconds: int = Field(12 * 3600, ge=60)
+    # Calling AE titles that are not registered nodes (``pacs node add``): may they
+    # C-FIND, and C-GET / C-MOVE? Registered nodes get exactly their own rights.
+    unknown_nodes_may_query: bool = True
+    unknown_nodes_may_retrieve: bool = True
+    # TLS for the associations we open to nodes registered with ``--tls`` (PS3.15 B.1):
+    # the CA certificates that sign theirs (unset: the system's), and our own
+    # certificate and key, which DICOM TLS peers usually require.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    # Forwarding (``pacs send``, routing rules): an unreachable node is tried again
+    # after retry * 2**(attempt-1) seconds, until max attempts, then the job is dead.
+    # A study is routed once no instance arrived for the quiet time. Forwarding runs in
+    # the process(es) serving DICOM; 0 workers turn it off in a process, so only one
+    # process of a scaled-out archive forwards (it requeues interrupted jobs on start).
+    forward_retry_seconds: float = Field(30.0, gt=0)
+    forward_max_attempts: int = Field(10, ge=1)
+    forward_workers: int = Field(2, ge=0, le=64)
+    route_quiet_seconds: float = Field(60.0, ge=0)
 
     # The URL clients reach us at, when it is not what they send in Host (a reverse
     # proxy): the base of RetrieveURL and BulkDataURI values. Empty: from the request.

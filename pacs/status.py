@@ -22,3 +22,10 @@ FAILURE_STATUS = {
     Problem.CONFLICT: PROCESSING_FAILURE,
     Problem.OUT_OF_RESOURCES: OUT_OF_RESOURCES,
 }
+
+
+def error_comment(reason: str) -> str:
+    """An ErrorComment (0000,0902) is an LO: 64 characters, no backslash or control
+    characters (PS3.7 C.4.2.1.3, PS3.5 6.2)."""
+    clean = "".join(c if c.isprintable() and c != "\\" else " " for c in reason)
+    return clean[:64]

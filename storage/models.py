@@ -1,4 +1,5 @@
-"""The SQL index: patient / study / series / instance, users and API tokens.
+"""The SQL index: patient / study / series / instance, users, API tokens, remote nodes,
+forwarding jobs and routing rules.
 
 Every attribute QIDO-RS (PS3.18 Table 10.6.3-3/4/5) and C-FIND (PS3.4 C.6.1.1 and
 C.6.2.1) match on or return at each level has a column here, so queries are
@@ -17,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -213,3 +215,88 @@ class AuditEvent(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID, default="")
     sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
     status: Mapped[int] = mapped_column(Integer)
+
+
+class RemoteNode(Base):
+    """Another DICOM node of the network: where it is, its site, what it may do with us.
+
+    ``site`` is the issuer given to patients it sends without IssuerOfPatientID;
+    ``may_*`` say whether its C-STORE, C-FIND and C-MOVE / C-GET requests are served.
+    """
+
+    __tablename__ = "remote_nodes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    ae_title: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    site: Mapped[str] = mapped_column(LO, default="")
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    may_store: Mapped[bool] = mapped_column(Boolean, default=True)
+    may_query: Mapped[bool] = mapped_column(Boolean, default=True)
+    may_retrieve: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ForwardJob(Base):
+    """One study to send to one node: a row of the durable forwarding queue.
+
+    ``state`` is queued -> running -> done | failed (the peer refused some instances,
+    listed in ``failed_uids``), or retrying (the node was unreachable; tried again at
+    ``next_attempt_at``) -> dead after the last attempt, with the reason in
+    ``last_error``. ``origin`` is ``manual`` or ``route:<name>``.
+    """
+
+    __tablename__ = "forward_jobs"
+    __table_args__ = (Index("ix_forward_jobs_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    node: Mapped[str] = mapped_column(String(64), index=True)
+    origin: Mapped[str] = mapped_column(String(80), default="manual")
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    failed_uids: Mapped[str] = mapped_column(Text, default="[]")  # JSON list
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ForwardedInstance(Base):
+    """An instance a job has delivered: the job's progress, so a job resumed after a
+    restart does not send it again."""
+
+    __tablename__ = "forwarded_instances"
+
+    job_id: Mapped[int] = mapped_column(
+        ForeignKey("forward_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    sop_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+
+
+class RoutingRule(Base):
+    """Forward complete studies that match to ``destinations`` (JSON list of node names).
+
+    Empty conditions match anything; ``attributes`` is a JSON object of index match
+    keys (``{"StudyDescription": "*CHEST*"}``). ``checked_until`` is how far in
+    Study.updated_at the rule has been applied: each pass looks only at studies
+    that changed after it and fell quiet before now minus the quiet time.
+    """
+
+    __tablename__ = "routing_rules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    calling_ae: Mapped[str] = mapped_column(String(16), default="")
+    site: Mapped[str] = mapped_column(LO, default="")
+    modality: Mapped[str] = mapped_column(CS, default="")
+    body_part: Mapped[str] = mapped_column(CS, default="")
+    attributes: Mapped[str] = mapped_column(Text, default="{}")
+    destinations: Mapped[str] = mapped_column(Text)
+    checked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -191,6 +191,9 @@ class Query:
     match: dict[str, str] = field(default_factory=dict)
     include: set[str] = field(default_factory=set)
     include_all: bool = False
+    # QIDO-RS returns a default set of attributes (PS3.18 Table 10.6.3-3/4/5);
+    # C-FIND returns exactly the keys of its identifier (PS3.4 C.4.1.1.3.2).
+    with_defaults: bool = True
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
@@ -213,7 +216,8 @@ def returned_keywords(query: Query) -> list[str]:
     if query.include_all:
         wanted = [k for k, a in ATTRIBUTES.items() if _DEPTH[a.level] <= depth]
     else:
-        wanted = [*DEFAULT_RETURN[query.level], *query.match, *sorted(query.include)]
+        defaults = DEFAULT_RETURN[query.level] if query.with_defaults else ()
+        wanted = [*defaults, *query.match, *sorted(query.include)]
     seen: dict[str, None] = {}
     for keyword in wanted:
         attribute = ATTRIBUTES.get(keyword)
@@ -222,10 +226,16 @@ def returned_keywords(query: Query) -> list[str]:
     return list(seen)
 
 
-def search(session: Session, query: Query) -> Iterator[dict[str, Any]]:
-    """Run ``query``; yields ``{keyword: value}`` per match (``limit`` + ``offset`` applied)."""
+def search(session: Session, query: Query, *, batch: int | None = None) -> Iterator[dict[str, Any]]:
+    """Run ``query``; yields ``{keyword: value}`` per match (``limit`` + ``offset`` applied).
+
+    With ``batch`` rows are fetched that many at a time (a server-side cursor on
+    PostgreSQL), so a C-FIND over a whole archive streams in flat memory.
+    """
     keywords = returned_keywords(query)
     statement = build_statement(query, keywords)
+    if batch is not None:
+        statement = statement.execution_options(yield_per=batch)
     for row in session.execute(statement):
         yield dict(zip(keywords, row, strict=True))
 

@@ -1,6 +1,6 @@
 """Index lookups for retrieval: which stored files make up a study, series or instance.
 
-WADO-RS, WADO-URI (and later C-MOVE / C-GET) ask the index, never the blob store,
+WADO-RS, WADO-URI, C-MOVE and C-GET ask the index, never the blob store,
 what to send; the answer carries what a sender needs without opening a file: the
 blob key, the syntax it was received in, its hash (for ETags) and when it arrived
 (for Last-Modified). Results come in viewing order: series number, then instance
@@ -17,6 +17,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from storage.models import Instance, Series, Study
+from storage.query import Level, Query, build_statement
 
 
 @dataclass(frozen=True)
@@ -58,47 +59,20 @@ def find_instances(
     The hierarchy is checked: a series UID that belongs to another study, or an
     instance of another series, finds nothing.
     """
-    statement = _scoped(
-        select(
-            Study.study_instance_uid,
-            Series.series_instance_uid,
-            Instance.sop_instance_uid,
-            Instance.sop_class_uid,
-            Instance.blob_key,
-            Instance.transfer_syntax_uid,
-            Instance.sha256,
-            Instance.file_size,
-            Instance.received_at,
-            Instance.rows,
-            Instance.number_of_frames,
-        ),
-        study,
-        series,
-        instance,
-    ).order_by(
-        Series.series_number.is_(None),
-        Series.series_number,
-        Series.series_instance_uid,
-        Instance.instance_number.is_(None),
-        Instance.instance_number,
-        Instance.sop_instance_uid,
-    )
-    return [
-        StoredInstance(
-            study_instance_uid=row[0],
-            series_instance_uid=row[1],
-            sop_instance_uid=row[2],
-            sop_class_uid=row[3],
-            blob_key=row[4],
-            transfer_syntax_uid=row[5],
-            sha256=row[6],
-            file_size=row[7],
-            received_at=as_utc(row[8]),
-            rows=row[9],
-            number_of_frames=row[10],
-        )
-        for row in session.execute(statement)
-    ]
+    statement = _scoped(select(*_STORED_COLUMNS), study, series, instance).order_by(*_VIEWING_ORDER)
+    return [_stored(row) for row in session.execute(statement)]
+
+
+def matching_instances(session: Session, match: dict[str, str]) -> list[StoredInstance]:
+    """Instances matching C-MOVE / C-GET unique keys (PS3.4 C.4.2.2.1), in viewing order.
+
+    ``match`` holds keys such as PatientID, StudyInstanceUID, SeriesInstanceUID,
+    SOPInstanceUID (UID lists allowed); it goes through the query planner, so a
+    retrieve matches exactly what a C-FIND with the same keys found.
+    """
+    statement = build_statement(Query(level=Level.IMAGE, match=match, with_defaults=False), [])
+    statement = statement.add_columns(*_STORED_COLUMNS).order_by(None).order_by(*_VIEWING_ORDER)
+    return [_stored(row) for row in session.execute(statement)]
 
 
 def series_version(session: Session, study: str, series: str) -> SeriesVersion:
@@ -115,6 +89,45 @@ def series_version(session: Session, study: str, series: str) -> SeriesVersion:
     )
     count, latest, last_id = session.execute(statement).one()
     return SeriesVersion(int(count), as_utc(latest) if latest else None, last_id)
+
+
+_STORED_COLUMNS = (
+    Study.study_instance_uid,
+    Series.series_instance_uid,
+    Instance.sop_instance_uid,
+    Instance.sop_class_uid,
+    Instance.blob_key,
+    Instance.transfer_syntax_uid,
+    Instance.sha256,
+    Instance.file_size,
+    Instance.received_at,
+    Instance.rows,
+    Instance.number_of_frames,
+)
+_VIEWING_ORDER = (
+    Series.series_number.is_(None),
+    Series.series_number,
+    Series.series_instance_uid,
+    Instance.instance_number.is_(None),
+    Instance.instance_number,
+    Instance.sop_instance_uid,
+)
+
+
+def _stored(row: Any) -> StoredInstance:
+    return StoredInstance(
+        study_instance_uid=row[0],
+        series_instance_uid=row[1],
+        sop_instance_uid=row[2],
+        sop_class_uid=row[3],
+        blob_key=row[4],
+        transfer_syntax_uid=row[5],
+        sha256=row[6],
+        file_size=row[7],
+        received_at=as_utc(row[8]),
+        rows=row[9],
+        number_of_frames=row[10],
+    )
 
 
 def as_utc(value: datetime) -> datetime:

@@ -14,31 +14,25 @@ a YBR JPEG is never sent as bytes that claim to be YBR but are not.
 
 from __future__ import annotations
 
-import io
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.encaps import generate_frames, get_frame
 from pydicom.pixels import pack_bits, pixel_array
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from api.dicomweb.negotiation import is_compressed
+from pacs.transcode import PIXEL_DATA, WORD_SIZES, TranscodeError, swap_bytes
+from pacs.transcode import to_explicit_little_endian as to_explicit_little_endian
 
 CHUNK = 1024 * 1024
-PIXEL_DATA = 0x7FE00010
 PIXEL_TAGS = {PIXEL_DATA: "OB", 0x7FE00008: "OF", 0x7FE00009: "OD"}
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT"}
 _LONG_VRS.add(b"UV")
-_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
-
-
-class TranscodeError(ValueError):
-    """The stored instance cannot be turned into what was asked (e.g. no decoder)."""
 
 
 def file_chunks(fp: BinaryIO) -> Iterator[bytes]:
@@ -46,44 +40,6 @@ def file_chunks(fp: BinaryIO) -> Iterator[bytes]:
     with fp:
         while chunk := fp.read(CHUNK):
             yield chunk
-
-
-def to_explicit_little_endian(fp: BinaryIO) -> bytes:
-    """The instance re-encoded in Explicit VR Little Endian, its pixel data decompressed.
-
-    The SOP Instance UID is kept: this is the same instance in another encoding.
-    """
-    try:
-        ds = dcmread(fp)
-        syntax = ds.file_meta.TransferSyntaxUID
-        if syntax.is_encapsulated and PIXEL_DATA in ds:
-            ds.decompress(generate_instance_uid=False)
-        elif not syntax.is_little_endian:
-            _swap_words(ds)  # converts every element, so they no longer hold big-endian bytes
-            ds.set_original_encoding(False, True)  # or pydicom refuses to change endianness
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
-    except Exception as exc:  # pydicom and its plugins raise many kinds
-        raise TranscodeError(f"cannot re-encode the instance: {exc}") from exc
-    return out.getvalue()
-
-
-def _swap_words(ds: Dataset) -> None:
-    """Turn big-endian OW/OF/OL/OD/OV values into little endian (pydicom will not)."""
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    for elem in ds.iterall():
-        size = _WORD_SIZES.get(str(elem.VR))
-        if elem.tag == PIXEL_DATA:
-            size = bits // 8 if bits > 8 else (2 if elem.VR == "OW" else None)
-        if size and size > 1 and isinstance(elem.value, bytes | bytearray) and elem.value:
-            elem.value = swap_bytes(bytes(elem.value), size)
-
-
-def swap_bytes(data: bytes, size: int) -> bytes:
-    usable = len(data) - len(data) % size
-    swapped = np.frombuffer(data[:usable], dtype=f">u{size}").astype(f"<u{size}").tobytes()
-    return swapped + data[usable:]
 
 
 @dataclass(frozen=True)
@@ -265,7 +221,7 @@ class StoredFile:
         if elem is None or not isinstance(elem.value, bytes | bytearray):
             return None
         value = bytes(elem.value)
-        size = _WORD_SIZES.get(str(elem.VR), 1)
+        size = WORD_SIZES.get(str(elem.VR), 1)
         return value if self.little_endian or size < 2 else swap_bytes(value, size)
 
     # --- where the pixel data is --------------------------------------------------
