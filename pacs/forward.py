@@ -28,7 +28,7 @@ from datetime import timedelta
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from pacs.scu import SendError, send_instance, store_association
+from pacs.scu import SendError, send_instance, store_association, tls_context
 from pacs.settings import Settings
 from storage import Archive
 from storage.jobs import (
@@ -140,7 +140,8 @@ class Forwarder:
         """Send ``todo`` over one association; the refused instances ``{uid: reason}``,
         or None when stopping interrupted the run."""
         refused: dict[str, str] = {}
-        with store_association(self.settings.ae_title, node, todo) as link:
+        tls = tls_context(self.settings) if node.tls else None
+        with store_association(self.settings.ae_title, node, todo, tls) as link:
             for number, item in enumerate(todo, 1):
                 if self._stop.is_set():
                     return None
