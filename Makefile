@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
-APT_TOOLS := dcmtk orthanc chromium openssl
+APT_TOOLS := dcmtk orthanc chromium poppler-utils fonts-dejavu-core openssl
 
 .PHONY: run test bench system-tools
 
@@ -26,8 +26,9 @@ run: $(STAMP)
 	$(BIN)/pacs serve
 
 system-tools:
-	@missing=""; for tool in storescu Orthanc chromium openssl; do command -v $$tool >/dev/null || \
+	@missing=""; for tool in storescu Orthanc chromium pdftotext openssl; do command -v $$tool >/dev/null || \
 		[ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing DejaVuSans.ttf"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system tools:$$missing"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -18,9 +18,12 @@ from sqlalchemy import text
 
 from api import (
     dicomweb,
+    downloads,
     jobs,
     nodes,
+    reports,
     routing_rules,
+    share_links,
     viewer_site,
     wado_uri,
     worklist,
@@ -105,6 +108,9 @@ def create_app(archive: Archive, settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(routing_rules.router)
     app.include_router(worklist.router)
+    app.include_router(reports.router)
+    app.include_router(downloads.router)
+    app.include_router(share_links.router)
     app.mount("/viewer", viewer_site.site())
 
     @app.get("/healthz", tags=["operations"])

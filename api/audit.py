@@ -171,7 +171,7 @@ class AuditMiddleware:
             method=scope["method"],
             path=scope["path"] + (f"?{query}" if query else ""),
             status=status,
-            study=str(params.get("study", "")),
+            study=str(params.get("study") or state.get("audit_study", "")),
             series=str(params.get("series", "")),
             instance=str(params.get("instance", "")),
         )

@@ -3,8 +3,9 @@
 QIDO-RS (PS3.18 §10.6) answers most of it, but not which site sent a study, which
 a radiologist serving many provincial hospitals sorts and filters by; nor whether a
 report exists. This route returns one JSON object per study with both, built by
-:func:`storage.worklist.worklist` on the same planner QIDO uses. Reports arrive
-with their own issue: ``report`` is ``null`` until then.
+:func:`storage.worklist.worklist` on the same planner QIDO uses. ``report`` is
+the status of the study's newest report version (draft, final, amended), or
+``null`` when it has none.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class WorklistItem(BaseModel):
     number_of_series: int
     number_of_instances: int
     source_site: str
-    report: str | None = None  # no reports yet (issue 7): always null
+    report: str | None = None  # the newest report version's status; None: no report
 
 
 class WorklistPage(BaseModel):

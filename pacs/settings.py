@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     # every access to patient data, and the line costs ~10 % of a rendered slice's time.
     access_log: bool = False
 
+    # Report PDFs: the letterhead (name, optional PNG/JPEG logo) and a TrueType font
+    # with Vietnamese glyphs (Debian's fonts-dejavu-core; its Bold face is used beside it).
+    hospital_name: str = Field("Provincial imaging exchange", max_length=200)
+    hospital_logo: Path | None = None
+    report_font: Path = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

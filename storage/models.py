@@ -300,3 +300,62 @@ class RoutingRule(Base):
     destinations: Mapped[str] = mapped_column(Text)
     checked_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Report(Base):
+    """One version of a radiologist's report on a study.
+
+    ``status`` is draft -> final (signed: ``finalized_by``, ``finalized_at``; never
+    changed again) -> amended once a later version replacing it is finalized. An
+    amendment is a new row whose ``previous_id`` is the final it corrects (unique: one
+    amendment per final), ``version`` one higher. ``fields`` is the JSON object of the
+    ``template``'s structured fields; ``key_images`` a JSON list of SOP Instance UIDs of
+    the study. ``document_uid`` is the SOP Instance UID of the Encapsulated PDF instance
+    (PS3.3 A.45.1) archived when the version was finalized.
+    """
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    template: Mapped[str] = mapped_column(String(32), default="none")
+    fields: Mapped[str] = mapped_column(Text, default="{}")
+    findings: Mapped[str] = mapped_column(Text, default="")
+    impression: Mapped[str] = mapped_column(Text, default="")
+    free_text: Mapped[str] = mapped_column(Text, default="")
+    key_images: Mapped[str] = mapped_column(Text, default="[]")
+    author: Mapped[str] = mapped_column(String(64))
+    finalized_by: Mapped[str] = mapped_column(String(128), default="")
+    finalized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    document_uid: Mapped[str] = mapped_column(UID, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship()
+
+
+class ShareLink(Base):
+    """A link that opens one study (its images and signed reports) without an account.
+
+    Only the SHA-256 of the link's random token is kept. ``pin_hash`` is the argon2 hash
+    of an optional PIN sent apart from the link; ``failed_pins`` counts wrong ones (the
+    link is revoked at the limit). A link works until ``expires_at`` or ``revoked_at``.
+    """
+
+    __tablename__ = "share_links"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    created_by: Mapped[str] = mapped_column(String(64))
+    pin_hash: Mapped[str] = mapped_column(String(255), default="")
+    failed_pins: Mapped[int] = mapped_column(Integer, default=0)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    study: Mapped[Study] = relationship()

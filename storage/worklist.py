@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from storage.models import Study
 from storage.query import Level, Query, QueryError, build_statement
+from storage.reports import report_status
 
 # The QIDO keywords one worklist row is made of, in the order of WorklistRow's fields.
 _KEYWORDS = (
@@ -74,7 +75,7 @@ class WorklistRow:
     number_of_series: int
     number_of_instances: int
     source_site: str
-    report: str | None = None  # reports arrive with issue 7: None until then
+    report: str | None = None  # the newest report version's status: draft, final, amended
 
 
 def worklist(
@@ -86,7 +87,9 @@ def worklist(
     """
     query = Query(level=Level.STUDY, match=_match_keys(wanted), fuzzy=True)
     query.limit, query.offset = limit + 1, offset  # one more: is there a next page?
-    statement = build_statement(query, _KEYWORDS).add_columns(Study.source_site)
+    statement = build_statement(query, _KEYWORDS).add_columns(
+        Study.source_site, report_status(Study.id)
+    )
     site = wanted.site.strip()
     if site:
         statement = statement.where(
@@ -125,7 +128,7 @@ def _match_keys(wanted: WorklistFilter) -> dict[str, str]:
 
 
 def _row(row: Any) -> WorklistRow:
-    values = dict(zip((*_KEYWORDS, "source_site"), row, strict=True))
+    values = dict(zip((*_KEYWORDS, "source_site", "report"), row, strict=True))
     return WorklistRow(
         study_instance_uid=values["StudyInstanceUID"],
         patient_name=values["PatientName"] or "",
@@ -143,6 +146,7 @@ def _row(row: Any) -> WorklistRow:
         number_of_series=values["NumberOfStudyRelatedSeries"] or 0,
         number_of_instances=values["NumberOfStudyRelatedInstances"] or 0,
         source_site=values["source_site"] or "",
+        report=values["report"],
     )
 
 
