@@ -99,8 +99,7 @@ class RoutingRequestHandler(RequestHandler):
         except OSError as exc:
             log.warning("storage association from %s failed: %s", self.client_address, exc)
         finally:
-            with contextlib.suppress(OSError):
-                sock.close()
+            _close(sock)
 
     def _serve_lean(self, sock: socket.socket, request: A_ASSOCIATE_RQ, lean: LeanStorage) -> None:
         caller = Caller(
@@ -172,6 +171,21 @@ def _decode(raw: bytes) -> A_ASSOCIATE_RQ | None:
     except Exception:  # any malformed request: let pynetdicom answer it
         return None
     return request
+
+
+def _close(sock: socket.socket, linger: float = 0.5) -> None:
+    """Close after reading what the peer already sent (for at most ``linger`` s):
+    closing with unread input makes the kernel answer with a reset, which can destroy
+    the A-ABORT or A-RELEASE-RP we just sent before the peer reads it."""
+    deadline = time.monotonic() + linger
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                break
+    with contextlib.suppress(OSError):
+        sock.close()
 
 
 def _recv_exact(sock: socket.socket, size: int) -> None:
