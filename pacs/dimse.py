@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 
+from pacs.status import error_comment
+
 C_STORE_RQ = 0x0001  # PS3.7 §9.3.1.1
 C_ECHO_RQ = 0x0030  # PS3.7 §9.3.5.1
 _NO_DATA_SET = 0x0101  # CommandDataSetType, PS3.7 Table E.1-1
@@ -27,6 +29,9 @@ _DATA_SET_TYPE = 0x0000_0800
 _STATUS = 0x0000_0900
 _ERROR_COMMENT = 0x0000_0902
 _AFFECTED_SOP_INSTANCE = 0x0000_1000
+_PRIORITY = 0x0000_0700
+_MOVE_ORIGINATOR_AE = 0x0000_1030
+_MOVE_ORIGINATOR_ID = 0x0000_1031
 
 
 class CommandError(ValueError):
@@ -45,16 +50,22 @@ class Command:
     sop_instance_uid: str
 
 
-def parse_command(data: bytes, context_id: int) -> Command:
-    """Read an Implicit VR Little Endian command set."""
+def command_elements(data: bytes) -> dict[int, bytes]:
+    """The elements of an Implicit VR Little Endian command set, by tag (raw values)."""
     values: dict[int, bytes] = {}
     offset = 0
+    while offset + 8 <= len(data):
+        group, element, length = struct.unpack_from("<HHI", data, offset)
+        offset += 8
+        values[group << 16 | element] = data[offset : offset + length]
+        offset += length
+    return values
+
+
+def parse_command(data: bytes, context_id: int) -> Command:
+    """Read a request's Implicit VR Little Endian command set."""
+    values = command_elements(data)
     try:
-        while offset < len(data):
-            group, element, length = struct.unpack_from("<HHI", data, offset)
-            offset += 8
-            values[group << 16 | element] = data[offset : offset + length]
-            offset += length
         field = struct.unpack("<H", values[_COMMAND_FIELD])[0]
         message_id = struct.unpack("<H", values[_MESSAGE_ID])[0]
         data_set_type = struct.unpack("<H", values.get(_DATA_SET_TYPE, b"\x01\x01"))[0]
@@ -70,6 +81,28 @@ def parse_command(data: bytes, context_id: int) -> Command:
     )
 
 
+def encode_store_request(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    message_id: int,
+    originator: tuple[str, int] | None = None,
+) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 Table 9.3-1), low priority; ``originator`` is
+    the AE title and message ID of the C-MOVE it serves."""
+    elements = [
+        (_AFFECTED_SOP_CLASS, _uid(sop_class_uid)),
+        (_COMMAND_FIELD, struct.pack("<H", C_STORE_RQ)),
+        (_MESSAGE_ID, struct.pack("<H", message_id)),
+        (_PRIORITY, struct.pack("<H", 0x0002)),
+        (_DATA_SET_TYPE, struct.pack("<H", 0x0000)),  # a data set follows
+        (_AFFECTED_SOP_INSTANCE, _uid(sop_instance_uid)),
+    ]
+    if originator is not None:
+        elements.append((_MOVE_ORIGINATOR_AE, _padded(originator[0][:16])))
+        elements.append((_MOVE_ORIGINATOR_ID, struct.pack("<H", originator[1] & 0xFFFF)))
+    return _command_set(elements)
+
+
 def encode_response(request: Command, status: int, comment: str = "") -> bytes:
     """The response command set to ``request`` (PS3.7 §9.3.1.2, §9.3.5.2)."""
     elements = [
@@ -83,6 +116,10 @@ def encode_response(request: Command, status: int, comment: str = "") -> bytes:
         elements.append((_ERROR_COMMENT, _lo(comment)))
     if request.sop_instance_uid:
         elements.append((_AFFECTED_SOP_INSTANCE, _uid(request.sop_instance_uid)))
+    return _command_set(elements)
+
+
+def _command_set(elements: list[tuple[int, bytes]]) -> bytes:
     body = b"".join(_element(tag, value) for tag, value in elements)
     return _element(0x0000_0000, struct.pack("<I", len(body))) + body
 
@@ -130,8 +167,7 @@ def _uid(value: str) -> bytes:
 
 
 def _lo(value: str) -> bytes:
-    """ErrorComment is an LO: 64 characters, no backslash or control characters."""
-    return _padded("".join(c if c.isprintable() and c != "\\" else " " for c in value)[:64])
+    return _padded(error_comment(value))
 
 
 def _text(value: bytes) -> str:

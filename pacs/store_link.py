@@ -31,6 +31,8 @@ from pynetdicom.pdu_primitives import (
 )
 from pynetdicom.presentation import PresentationContext
 
+from pacs.dimse import command_elements, encode_store_request
+
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 Annex A.2.1
 OUR_MAX_PDU = 1 << 20  # what we accept; only small responses come back
 UNLIMITED_SEND = 1 << 20  # PDU size to use when the peer sets no limit (0)
@@ -175,7 +177,9 @@ class StoreLink:
         """Send one C-STORE-RQ with ``dataset`` (encoded in the context's syntax; bytes,
         or a file read from its current position to the end, a PDU at a time) and wait
         for its response. Raises LinkError when the association breaks."""
-        command = store_command(context.abstract_syntax, sop_instance_uid, message_id, originator)
+        command = encode_store_request(
+            context.abstract_syntax, sop_instance_uid, message_id, originator
+        )
         size = max(self.max_pdu - _PDV_HEADER.size, 1)
         if isinstance(dataset, bytes):
             view = memoryview(dataset)
@@ -226,7 +230,7 @@ class StoreLink:
                 if flags & _COMMAND:
                     command += value
                     if flags & _LAST:
-                        elements = parse_command(bytes(command))
+                        elements = command_elements(bytes(command))
                         responded = elements.get(0x00000120)
                         if responded is not None and _us(responded) != message_id:
                             command.clear()
@@ -252,50 +256,6 @@ class StoreLink:
                 raise LinkError("the peer closed the connection")
             got += count
         return bytes(buffer)
-
-
-def store_command(
-    sop_class_uid: str,
-    sop_instance_uid: str,
-    message_id: int,
-    originator: tuple[str, int] | None = None,
-) -> bytes:
-    """The C-STORE-RQ command set (PS3.7 Table 9.3-1) in Implicit VR Little Endian."""
-    elements = [
-        _element(0x0002, _ui(sop_class_uid)),  # Affected SOP Class UID
-        _element(0x0100, struct.pack("<H", 0x0001)),  # Command Field: C-STORE-RQ
-        _element(0x0110, struct.pack("<H", message_id)),
-        _element(0x0700, struct.pack("<H", 0x0002)),  # Priority: low
-        _element(0x0800, struct.pack("<H", 0x0000)),  # a data set follows
-        _element(0x1000, _ui(sop_instance_uid)),  # Affected SOP Instance UID
-    ]
-    if originator is not None:
-        ae_title = originator[0].encode("ascii", "replace")[:16]
-        elements.append(_element(0x1030, ae_title + b" " * (len(ae_title) % 2)))
-        elements.append(_element(0x1031, struct.pack("<H", originator[1] & 0xFFFF)))
-    body = b"".join(elements)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def parse_command(data: bytes) -> dict[int, bytes]:
-    """The elements of an Implicit VR Little Endian command set, by tag."""
-    elements: dict[int, bytes] = {}
-    offset = 0
-    while offset + 8 <= len(data):
-        group, element, length = struct.unpack_from("<HHI", data, offset)
-        offset += 8
-        elements[group << 16 | element] = data[offset : offset + length]
-        offset += length
-    return elements
-
-
-def _element(element: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0x0000, element, len(value)) + value
-
-
-def _ui(uid: str) -> bytes:
-    raw = uid.encode("ascii")
-    return raw + b"\0" * (len(raw) % 2)
 
 
 def _us(value: bytes) -> int:
