@@ -10,7 +10,6 @@ the status of the study's newest report version (draft, final, amended), or
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -19,7 +18,7 @@ from pydantic import BaseModel
 from api.audit import audited
 from api.dicomweb.common import Reader
 from storage.query import QueryError
-from storage.worklist import WorklistFilter, worklist
+from storage.worklist import WorklistFilter, WorklistRow, worklist
 
 router = APIRouter(prefix="/api", tags=["worklist"], dependencies=[Depends(audited("search"))])
 
@@ -29,28 +28,8 @@ Text = Annotated[str, Query(max_length=64)]
 Date = Annotated[str, Query(max_length=10, description="YYYYMMDD or YYYY-MM-DD")]
 
 
-class WorklistItem(BaseModel):
-    study_instance_uid: str
-    patient_name: str
-    patient_id: str
-    issuer_of_patient_id: str
-    patient_sex: str
-    patient_birth_date: str
-    patient_age: str
-    study_date: str
-    study_time: str
-    accession_number: str
-    study_description: str
-    referring_physician_name: str
-    modalities: list[str]
-    number_of_series: int
-    number_of_instances: int
-    source_site: str
-    report: str | None = None  # the newest report version's status; None: no report
-
-
 class WorklistPage(BaseModel):
-    items: list[WorklistItem]
+    items: list[WorklistRow]  # storage's rows, as they are
     offset: int
     limit: int
     more: bool
@@ -85,5 +64,4 @@ def get_worklist(
             rows, more = worklist(session, wanted, limit, offset)
         except QueryError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    items = [WorklistItem(**asdict(row)) for row in rows]
-    return WorklistPage(items=items, offset=offset, limit=limit, more=more)
+    return WorklistPage(items=rows, offset=offset, limit=limit, more=more)
