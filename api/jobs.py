@@ -7,7 +7,6 @@ refused, queue a study for a node, and retry a dead or failed job.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -21,32 +20,9 @@ router = APIRouter(prefix="/api/jobs", tags=["forwarding"])
 Admin = Annotated[Principal, Depends(require_role(Role.ADMIN))]
 
 
-class JobOut(BaseModel):
-    """A forwarding job: where it stands, what it sent, why it failed."""
-
-    id: int
-    study_instance_uid: str
-    node: str
-    origin: str
-    state: JobState
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str
-    total: int
-    sent: int
-    failed: int
-    failed_uids: list[str]
-    created_at: datetime
-    updated_at: datetime
-
-
 class JobIn(BaseModel):
     study_instance_uid: str = Field(min_length=1, max_length=64)
     node: str = Field(min_length=1, max_length=64)
-
-
-def _out(job: Job) -> JobOut:
-    return JobOut(**vars(job))
 
 
 @router.get("")
@@ -58,15 +34,15 @@ def jobs(
     study: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[JobOut]:
+) -> list[Job]:
     """Jobs, newest first."""
     with request.app.state.archive.sessions() as session:
         found = list_jobs(session, state=state, node=node, study=study, limit=limit, offset=offset)
-    return [_out(job) for job in found]
+    return found
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def send(request: Request, body: JobIn, _: Admin) -> JobOut:
+def send(request: Request, body: JobIn, _: Admin) -> Job:
     """Queue a study for a node (what ``pacs send STUDY_UID --to NODE`` does)."""
     with request.app.state.archive.sessions() as session:
         try:
@@ -74,25 +50,25 @@ def send(request: Request, body: JobIn, _: Admin) -> JobOut:
         except JobError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         session.commit()
-    return _out(job)
+    return job
 
 
 @router.get("/{job_id}")
-def job(request: Request, job_id: int, _: Admin) -> JobOut:
+def job(request: Request, job_id: int, _: Admin) -> Job:
     with request.app.state.archive.sessions() as session:
         found = get_job(session, job_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
-    return _out(found)
+    return found
 
 
 @router.post("/{job_id}/retry")
-def retry_job(request: Request, job_id: int, _: Admin) -> JobOut:
+def retry_job(request: Request, job_id: int, _: Admin) -> Job:
     """Queue a dead or failed job again; what it already delivered is not resent."""
     with request.app.state.archive.sessions() as session:
         if get_job(session, job_id) is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job {job_id}")
         try:
-            return _out(retry(session, job_id))
+            return retry(session, job_id)
         except JobError as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
