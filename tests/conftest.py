@@ -193,3 +193,19 @@ def dataset_differences(got: Dataset, want: Dataset, where: str = "") -> list[st
         elif a.value != b.value:
             diffs.append(f"{name} {a.keyword}: {a.value!r:.80} != {b.value!r:.80}")
     return diffs
+
+
+@contextmanager
+def storescp(folder: Path, ae_title: str, *options: str, port: int | None = None) -> Iterator[int]:
+    """A DCMTK storescp writing into ``folder`` (on ``port``, else a free one); yields its port."""
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [require_tool("storescp"), "-aet", ae_title, "-od", str(folder), *options, str(port)]
+    proc = subprocess.Popen(command, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+    try:
+        time.sleep(0.3)
+        assert proc.poll() is None, "storescp did not start"
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

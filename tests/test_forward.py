@@ -51,6 +51,7 @@ from tests.conftest import (
     migrated_archive,
     require_tool,
     run,
+    storescp,
 )
 from tests.test_find import CT_STUDY, MR_STUDY, load_samples
 
@@ -209,22 +210,6 @@ def api(archive_server: Server) -> Iterator[httpx.Client]:
 
 
 @contextmanager
-def storescp(folder: Path, ae_title: str, port: int | None = None, *options: str) -> Iterator[int]:
-    """A DCMTK storescp writing into ``folder``; yields its port."""
-    port = port or free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [require_tool("storescp"), "-aet", ae_title, "-od", str(folder), *options, str(port)]
-    proc = subprocess.Popen(command, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
-    try:
-        time.sleep(0.3)
-        assert proc.poll() is None, "storescp did not start"
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-@contextmanager
 def orthanc(folder: Path) -> Iterator[tuple[int, str]]:
     """Orthanc with a JSON configuration in ``folder``; yields its DICOM port and REST base."""
     dicom_port, http_port = free_port(), free_port()
@@ -366,7 +351,7 @@ def test_a_down_destination_is_retried_until_it_comes_back(
     assert "Connection refused" in waiting["last_error"]
     metrics = api.get("/metrics").text
     assert re.search(r"pacs_forward_retries_total [1-9]", metrics)
-    with storescp(tmp_path / "in", "LATE", port):
+    with storescp(tmp_path / "in", "LATE", port=port):
         job = wait_job(api, job_id, "done", "dead", timeout=15)
     assert job["state"] == "done" and job["sent"] == 16 and job["last_error"] == ""
     assert sop_uids(tmp_path / "in") == sample_uids("mr_brain")
@@ -390,7 +375,7 @@ def test_dead_letter_after_the_last_attempt_then_retry(
     dead_gauge = re.compile(r'pacs_forward_jobs\{state="dead"\} [1-9]')
     _until(lambda: dead_gauge.search(api.get("/metrics").text), 5, "no dead jobs in /metrics")
     assert re.search(r"pacs_forward_dead_total [1-9]", api.get("/metrics").text)
-    with storescp(tmp_path / "in", "GONE", port):
+    with storescp(tmp_path / "in", "GONE", port=port):
         again = api.post(f"/api/jobs/{job_id}/retry")
         assert again.status_code == 200 and again.json()["state"] == "queued"
         assert api.post(f"/api/jobs/{job_id}/retry").status_code == 409
@@ -579,7 +564,7 @@ def _stopping_puts_the_job_back(server: Server, study_uid: str, folder: Path) ->
     server finishes the instance in flight, puts the job back in the queue without
     spending an attempt, and exits."""
     with (
-        storescp(folder, "SLOW", None, "--sleep-during", "1") as port,
+        storescp(folder, "SLOW", "--sleep-during", "1") as port,
         httpx.Client(base_url=server.base_url, auth=("admin", ADMIN_PASSWORD)) as api,
     ):
         register(api, "slow", "SLOW", port)

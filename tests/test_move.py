@@ -9,7 +9,6 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
-from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server, free_port, require_tool, run
+from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server, free_port, require_tool, run, storescp
 from tests.test_find import CT_STUDY, MR_STUDY, load_samples
 
 XA_STUDY = "1.2.826.0.1.3680043.8.498.95047800243056758839409522840463329261"
@@ -51,22 +50,6 @@ def archive_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
 def api(archive_server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=archive_server.base_url, auth=("admin", ADMIN_PASSWORD)) as client:
         yield client
-
-
-@contextmanager
-def storescp(folder: Path, ae_title: str, *options: str) -> Iterator[int]:
-    """A DCMTK storescp writing into ``folder``; yields its port."""
-    port = free_port()
-    folder.mkdir(parents=True, exist_ok=True)
-    command = [require_tool("storescp"), "-aet", ae_title, "-od", str(folder), *options, str(port)]
-    proc = subprocess.Popen(command, env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
-    try:
-        time.sleep(0.3)
-        assert proc.poll() is None, "storescp did not start"
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def register(api: httpx.Client, name: str, ae_title: str, port: int, **rights: bool) -> None:
