@@ -95,6 +95,24 @@ def test_a_draft_has_a_watermark_and_a_final_report_a_signature(tmp_path: Path) 
     )
 
 
+def test_a_superseded_report_says_amended_and_its_correction_what_it_amends(
+    tmp_path: Path,
+) -> None:
+    signed_at = datetime(2026, 11, 24, 9, 30, tzinfo=UTC)
+    signed = replace(DOC, finalized_by="BS. Trần Minh Đức", finalized_at=signed_at)
+    superseded = text_of(
+        report_pdf(replace(signed, status="amended"), Letterhead(HOSPITAL)), tmp_path
+    )
+    assert "Status: AMENDED - replaced by version 2 of this report" in superseded
+    assert "FINAL" not in superseded
+    assert set("AMENDED") <= set(scattered_letters(superseded))  # the watermark
+    assert "Signed 2026-11-24 09:30 UTC" in superseded
+    correction = replace(signed, version=2, status="final", amends_version=1)
+    text = text_of(report_pdf(correction, Letterhead(HOSPITAL)), tmp_path)
+    assert "Status: FINAL - signed, amends version 1" in text
+    assert "AMENDED" not in text
+
+
 def test_logo_and_key_images_are_embedded(tmp_path: Path) -> None:
     logo = tmp_path / "logo.png"
     Image.new("RGB", (120, 120), (0, 90, 160)).save(logo)

@@ -8,7 +8,8 @@ copied or extracted (``pdftotext``) from the PDF gives back the same characters.
 Layout, top to bottom: letterhead (logo, hospital name), patient and study details,
 status, the template's structured fields, findings, impression, free text, key
 images, and the signature block. A report that is not final carries a diagonal
-DRAFT watermark on every page; a superseded one says it was amended. The caller
+DRAFT watermark on every page; a superseded one an AMENDED watermark and the version
+that replaced it, and a correction names the version it amends. The caller
 gathers everything (no SQL and no file lookups here, PS3.3 A.45.1 wraps the result).
 """
 
@@ -34,7 +35,7 @@ _WATERMARK = (225, 225, 225)
 _STATUS_TEXT = {
     "draft": "DRAFT - not signed, not valid for clinical decisions",
     "final": "FINAL - signed",
-    "amended": "AMENDED - replaced by a later version of this report",
+    "amended": "AMENDED - replaced by version {next} of this report",
 }
 
 
@@ -85,6 +86,7 @@ class ReportDocument:
     finalized_by: str = ""
     finalized_at: datetime | None = None
     key_images: list[bytes] = field(default_factory=list)  # JPEG
+    amends_version: int | None = None  # the signed version this one corrects, if any
 
 
 def report_pdf(doc: ReportDocument, letterhead: Letterhead) -> bytes:
@@ -224,7 +226,9 @@ class _ReportPdf(FPDF):
         self._pairs(patient + study)
         self.ln(2)
         self.set_font("body", "B", 10)
-        status = _STATUS_TEXT.get(doc.status, doc.status)
+        status = _STATUS_TEXT.get(doc.status, doc.status).format(next=doc.version + 1)
+        if doc.amends_version is not None:
+            status += f", amends version {doc.amends_version}"
         if doc.status != "final":
             self.set_text_color(180, 0, 0)
         self.cell(0, 6, f"Status: {status}", new_x=XPos.LMARGIN, new_y=YPos.NEXT)

@@ -14,6 +14,7 @@ export const TAG = {
   StudyDescription: "00081030",
   InstitutionName: "00080080",
   Modality: "00080060",
+  BodyPartExamined: "00180015",
   SeriesNumber: "00200011",
   SeriesDescription: "0008103E",
   NumberOfSeriesRelatedInstances: "00201209",
@@ -69,6 +70,14 @@ export function formatDate(da) {
 
 export function formatTime(tm) {
   return /^\d{4}/.test(tm || "") ? `${tm.slice(0, 2)}:${tm.slice(2, 4)}` : "";
+}
+
+// An instant from our JSON API (ISO 8601) as local "YYYY-MM-DD HH:MM".
+export function formatInstant(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const two = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
 }
 
 // Age as "045Y" (PatientAge, AS) or from the birth and study dates.

@@ -1,8 +1,10 @@
 // The viewer's entry point: top bar (user, language, sign-out) and a hash router
-// (#/login, #/worklist, #/study/UID). No page ever reloads while a study is read.
+// (#/login, #/worklist, #/study/UID, and #/share/TOKEN, which needs no sign-in).
+// No page ever reloads while a study is read.
 import * as api from "./api.js";
 import { el, label } from "./dom.js";
 import { LANGUAGES, language, setLanguage, t, translate } from "./i18n.js";
+import { showShare } from "./share.js";
 import { showStudy } from "./study.js";
 import { showWorklist } from "./worklist.js";
 
@@ -36,6 +38,13 @@ function route() {
   const signedIn = Boolean(api.token());
   document.body.classList.toggle("signed-in", signedIn);
   user.textContent = api.username();
+  const share = /^#\/share\/([^/]+)$/.exec(hash);
+  if (share) {
+    // A share link's holder has no account: the token (and PIN) is the credential.
+    document.body.dataset.view = "share";
+    leave = showShare(app, decodeURIComponent(share[1]));
+    return;
+  }
   if (!signedIn || hash === "#/login") {
     if (signedIn) api.signOut();
     // A link to a study opened without a token leads there once signed in.
@@ -56,6 +65,8 @@ function showLogin() {
   const username = el("input", { name: "username", autocomplete: "username", required: true });
   const password = el("input", { name: "password", type: "password", autocomplete: "current-password", required: true });
   const message = el("div", { className: "login-message", role: "alert" });
+  // Sign-in at the hospital's identity provider, shown when the server offers it.
+  const sso = el("a", { className: "tool sso", href: "/api/auth/oidc/login", hidden: true, dataset: { i18n: "login.sso" } });
   if (sessionStorage.getItem("pacs.expired")) {
     message.textContent = t("login.expired");
     sessionStorage.removeItem("pacs.expired");
@@ -75,7 +86,7 @@ function showLogin() {
           if (location.hash === target) route();
           else location.hash = target;
         } catch (error) {
-          message.textContent = error.status === 401 ? t("login.failed") : t("login.error", { status: error.status || error.message });
+          message.textContent = t(loginProblem(error), { status: error.status || error.message });
         }
       },
     },
@@ -83,12 +94,25 @@ function showLogin() {
     el("label", {}, label("span", "login.username"), username),
     el("label", {}, label("span", "login.password"), password),
     el("button", { type: "submit", className: "tool primary", dataset: { i18n: "login.submit" } }),
+    sso,
     message,
   );
+  api.ssoEnabled().then((enabled) => {
+    sso.hidden = !enabled;
+  });
   app.replaceChildren(el("div", { className: "login-page" }, form));
   translate(app);
   username.focus();
   return null;
+}
+
+// What the sign-in form says when the server refuses (the API's reasons, translated).
+function loginProblem(error) {
+  if (error.status === 429) return "login.busy";
+  if (error.status !== 401) return "login.error";
+  if (/locked/.test(error.message)) return "login.locked";
+  if (/disabled/.test(error.message)) return "login.disabled";
+  return "login.failed";
 }
 
 window.addEventListener("hashchange", route);

@@ -4,17 +4,24 @@
 // series from QIDO-RS, PS3.18 §10.6, then the first series' instances) before the
 // first slice is asked for; the first instance's metadata (window, frame rate) and
 // the thumbnails come after it, so on a thin link the first image is not queued
-// behind them.
+// behind them; so do the report panel's requests (report.js).
 import * as api from "./api.js";
 import * as dicom from "./dicom.js";
 import { el, label } from "./dom.js";
+import { fileName, formatBytes, save } from "./download.js";
 import { t, translate, onLanguage } from "./i18n.js";
+import { ReportPanel } from "./report.js";
 import { Viewport } from "./viewport.js";
 
 // Keys 1..7 pick presets in this order (the five of the issue first).
 const PRESET_ORDER = ["lung", "mediastinum", "bone", "brain", "abdomen", "stroke", "liver"];
 const FPS_CHOICES = [5, 7.5, 10, 12.5, 15, 20, 25, 30];
 const THUMB = 96;
+const JPEG_QUALITY = 95; // the current image saved as JPEG
+// Series with nothing to draw (PS3.3 C.7.3.1.1.1): a signed report's Encapsulated PDF
+// (DOC), structured reports, key object selections, presentation states.
+const NOT_IMAGES = new Set(["DOC", "SR", "KO", "PR"]);
+let reportShown = true; // the report panel's toggle, kept from study to study
 
 let presetsPromise = null;
 function presets() {
@@ -45,6 +52,11 @@ class StudyView {
     );
     this.active = this.viewports[0];
     this.onKey = (event) => this.key(event);
+    this.reportPanel = new ReportPanel({
+      studyUid,
+      currentImage: () => this.active.series?.slices[this.active.index]?.instance ?? null,
+      describe: (uid) => this.describe(uid),
+    });
   }
 
   async open() {
@@ -54,13 +66,14 @@ class StudyView {
       this.viewports.forEach((vp) => vp.overlay());
       this.refreshStrip();
       this.presetTitles();
+      this.reportPanel.relabel();
     });
     this.status.textContent = t("study.loading");
     try {
       const uid = encodeURIComponent(this.studyUid);
       const [studies, series] = await Promise.all([
         api.json(`/dicomweb/studies${api.query({ StudyInstanceUID: this.studyUid, includefield: "PatientAge" })}`),
-        api.json(`/dicomweb/studies/${uid}/series?includefield=InstitutionName`),
+        api.json(`/dicomweb/studies/${uid}/series?includefield=InstitutionName&includefield=BodyPartExamined`),
       ]);
       if (this.closed) return;
       if (!studies.length) throw new Error("not found");
@@ -69,7 +82,12 @@ class StudyView {
       this.status.textContent = "";
       this.title.textContent = `${this.study.patientName} · ${this.study.studyDate} · ${this.study.description}`;
       this.strip.replaceChildren(...this.series.map((s) => this.card(s)));
+      this.reportPanel.setStudy({
+        modalities: this.series.map((s) => s.modality),
+        words: [this.study.description, ...series.map((ds) => dicom.text(ds, "BodyPartExamined"))],
+      });
       if (this.series.length) await this.show(this.viewports[0], this.series[0]);
+      this.reportPanel.load();
       this.thumbnails();
     } catch (error) {
       this.status.textContent = t("study.error", { message: error.message });
@@ -82,6 +100,8 @@ class StudyView {
     this.stopLanguage?.();
     this.viewports.forEach((vp) => vp.destroy());
     this.objectUrls.forEach((url) => URL.revokeObjectURL(url));
+    this.reportPanel.close();
+    clearTimeout(this.statusTimer);
   }
 
   build() {
@@ -117,6 +137,7 @@ class StudyView {
     this.fpsSelect.value = "15";
     this.playButton = toolButton("tool.play", "tool.playTitle", () => this.togglePlay(), { action: "play" });
     this.linkButton = toolButton("tool.link", "tool.linkTitle", () => this.toggleLink(), { action: "link" });
+    this.reportButton = toolButton("tool.report", "tool.reportTitle", () => this.toggleReport(), { action: "report" });
     this.toolButtons = ["wl", "pan", "zoom"].map((tool) =>
       toolButton(`tool.${tool}`, `tool.${tool}Title`, () => this.setTool(tool), { tool }),
     );
@@ -151,6 +172,14 @@ class StudyView {
         this.fpsSelect,
         label("span", "tool.fps", { className: "unit" }),
       ),
+      el(
+        "div",
+        { className: "tool-group downloads" },
+        toolButton("download.study", "download.studyTitle", () => this.download("study"), { action: "download-study" }),
+        toolButton("download.series", "download.seriesTitle", () => this.download("series"), { action: "download-series" }),
+        toolButton("download.jpeg", "download.jpegTitle", () => this.download("jpeg"), { action: "download-jpeg" }),
+      ),
+      el("div", { className: "tool-group" }, this.reportButton),
       this.title,
     );
     this.container.replaceChildren(
@@ -159,8 +188,10 @@ class StudyView {
         { className: "study" },
         el("aside", { className: "series-panel" }, label("div", "study.series", { className: "panel-title" }), this.strip),
         el("section", { className: "study-main" }, toolbar, this.status, this.grid, label("div", "help.keys", { className: "help" })),
+        this.reportPanel.root,
       ),
     );
+    this.showReport(reportShown);
     this.setTool("wl");
     this.layout(1);
     translate(this.container);
@@ -207,6 +238,10 @@ class StudyView {
   async thumbnails() {
     for (const series of this.series) {
       if (this.closed) return;
+      if (NOT_IMAGES.has(series.modality)) {
+        series.card.node.classList.add("no-thumb");
+        continue;
+      }
       const url = `/dicomweb/studies/${encodeURIComponent(this.studyUid)}/series/${encodeURIComponent(series.uid)}/thumbnail?viewport=${THUMB},${THUMB}`;
       try {
         const objectUrl = URL.createObjectURL(await api.blob(url));
@@ -348,6 +383,67 @@ class StudyView {
     this.linked = !this.linked;
     this.linkButton.classList.toggle("on", this.linked);
     if (this.linked) this.follow(this.active);
+  }
+
+  toggleReport() {
+    reportShown = !reportShown;
+    this.showReport(reportShown);
+  }
+
+  showReport(on) {
+    this.container.querySelector(".study")?.classList.toggle("no-report", !on);
+    this.reportButton.classList.toggle("on", on);
+  }
+
+  // A key image's place for people: "Se 2 · Im 13" (the UID's end if not loaded).
+  describe(uid) {
+    for (const series of this.series) {
+      const index = series.slices?.findIndex((slice) => slice.instance === uid) ?? -1;
+      if (index >= 0) return t("report.keyLabel", { series: series.number ?? "?", image: index + 1 });
+    }
+    return `…${uid.slice(-12)}`;
+  }
+
+  // Save the study or the active series (ZIP with DICOMDIR, api/downloads.py), or the
+  // image on screen as JPEG with the window it is shown with (PS3.18 §8.3.5.1.2).
+  async download(kind) {
+    const study = encodeURIComponent(this.studyUid);
+    const vp = this.active;
+    const series = vp.series;
+    let path = `/api/studies/${study}/download`;
+    let fallback = "study.zip";
+    let accept = "application/zip";
+    if (kind !== "study" && !series) return this.say("download.noSeries");
+    if (kind === "series") {
+      path = `/api/studies/${study}/series/${encodeURIComponent(series.uid)}/download`;
+      fallback = "series.zip";
+    } else if (kind === "jpeg") {
+      const slice = series.slices[vp.index];
+      const instance = encodeURIComponent(slice.instance);
+      const base = `/dicomweb/studies/${study}/series/${encodeURIComponent(series.uid)}/instances/${instance}`;
+      const params = new URLSearchParams({ quality: String(JPEG_QUALITY) });
+      if (vp.window) params.set("window", `${vp.window.center},${vp.window.width},LINEAR`);
+      path = `${slice.frames > 1 ? `${base}/frames/${slice.frame}` : base}/rendered?${params}`;
+      const who = (this.study?.patientId || "image").replace(/[^A-Za-z0-9_-]/g, "_");
+      fallback = `${who}-se${series.number ?? 0}-im${vp.index + 1}.jpg`;
+      accept = "image/jpeg";
+    }
+    this.say("download.starting");
+    try {
+      const response = await api.request(path, { accept });
+      const name = fileName(response, fallback);
+      const bytes = await save(response, name, (got) => this.say("download.progress", { name, size: formatBytes(got) }));
+      this.say("download.done", { name, size: formatBytes(bytes) }, 5000);
+    } catch (error) {
+      this.say("download.failed", { message: error.message });
+    }
+  }
+
+  // A line above the images; gone after `forMs` when given.
+  say(key, params = {}, forMs = 0) {
+    clearTimeout(this.statusTimer);
+    this.status.textContent = t(key, params);
+    if (forMs) this.statusTimer = setTimeout(() => (this.status.textContent = ""), forMs);
   }
 
   togglePlay() {

@@ -396,6 +396,7 @@ export class Viewport {
   }
 
   paint() {
+    if (this.destroyed) return; // a frame asked for before the study was left: its bitmaps are closed
     if (this.series) {
       this.advance(performance.now());
       const best = this.available(this.index);
@@ -579,7 +580,12 @@ export class Viewport {
   listen() {
     const root = this.root;
     root.addEventListener("contextmenu", (event) => event.preventDefault());
-    root.addEventListener("pointerdown", () => this.onActivate(this));
+    root.addEventListener("pointerdown", () => {
+      // The canvas's pointerdown prevents the default focus change: take focus here,
+      // so keys scroll the images after typing in the report beside them.
+      root.focus({ preventScroll: true });
+      this.onActivate(this);
+    });
     this.canvas.addEventListener(
       "wheel",
       (event) => {
@@ -667,6 +673,7 @@ export class Viewport {
   }
 
   destroy() {
+    this.destroyed = true;
     this.stop();
     clearTimeout(this.settleTimer);
     clearTimeout(this.wlTimer);

@@ -140,9 +140,9 @@ function row(item) {
     description: item.study_description,
     site: item.source_site,
     images: String(item.number_of_instances),
-    report: item.report ? item.report : "—", // reports arrive with issue 7
+    report: item.report ? t(`report.status.${item.report}`) : "—", // the newest version
   };
-  return el(
+  const node = el(
     "tr",
     {
       tabindex: "0",
@@ -152,4 +152,6 @@ function row(item) {
     },
     ...COLUMNS.map(([key]) => el("td", { className: `c-${key}`, text: cells[key] })),
   );
+  if (item.report) node.querySelector(".c-report").dataset.status = item.report;
+  return node;
 }
