@@ -4,7 +4,8 @@ The calling AE title (PS3.8 §9.3.2) is looked up once per association in the no
 registry. A registered node gets its site (the issuer of the patients it sends)
 and exactly the rights it was registered with; an AE that is not registered may
 store (modalities push without being registered), and may query and retrieve
-unless the settings say otherwise.
+unless the settings say otherwise. In strict mode an AE that is not registered
+may not even associate (:meth:`Access.admits`).
 """
 
 from __future__ import annotations
@@ -58,6 +59,18 @@ class Access:
         """The registered node for a calling AE title at ``address`` (not remembered)."""
         with self.archive.sessions() as session:
             return node_for_ae(session, ae_title.strip(), address)
+
+    def admits(self, ae_title: str, address: str) -> bool:
+        """Strict mode (``PACS_DICOM_STRICT_NODES``): may this caller associate at all?
+        Only a registered node's AE title may.
+
+        The peer's address is not compared with the node's host: that host is where we
+        send to (C-MOVE, forwarding), which for a modality behind NAT, a cluster or a
+        multi-homed machine is not the address its calls come from, and a host name
+        would need a DNS look-up on every association. An AE title is a name, not a
+        credential; callers are authenticated by client certificates on the TLS port
+        (``PACS_DICOM_TLS_REQUIRE_CLIENT_CERT``)."""
+        return self.lookup(ae_title, address) is not None
 
     def refusal(self, event: evt.Event, right: Right) -> str | None:
         """Why the caller may not do ``right`` (an ErrorComment), ``None`` if it may."""

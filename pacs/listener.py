@@ -6,6 +6,11 @@ association that proposes only Verification and storage SOP classes (a scanner
 pushing a study) is served by :mod:`pacs.store_scp`; anything else (queries,
 retrieves, role selection, a malformed request) goes to pynetdicom untouched,
 since peeking consumed nothing.
+
+The same handler serves the TLS port (PS3.15 B.1): the handshake comes first, in
+this thread (:mod:`pacs.tls_server`), then the same routing. In strict mode
+(``PACS_DICOM_STRICT_NODES``) an ``admit`` check runs on the peeked request before
+either SCP sees it, so both paths reject an unknown calling AE title the same way.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +41,14 @@ from pacs.store_scp import (
     negotiate,
     reject,
 )
+from pacs.tls_server import secure
 
 log = logging.getLogger(__name__)
 
 _ASSOCIATE_RQ = 0x01
 _LARGEST_REQUEST = 1 << 20  # an A-ASSOCIATE-RQ is a few kB; larger ones go to pynetdicom
+# (calling AE title, peer address) -> may this caller associate at all?
+Admit = Callable[[str, str], bool]
 
 
 @dataclass
@@ -60,9 +70,14 @@ def start_server(
     address: tuple[str, int],
     evt_handlers: list[EventHandlerType],
     lean: LeanStorage | None,
+    *,
+    admit: Admit | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
     """What ``ae.start_server(address, block=False, ...)`` does, with storage-only
-    associations served by ``lean`` (``None``: everything by pynetdicom)."""
+    associations served by ``lean`` (``None``: everything by pynetdicom), callers
+    that ``admit`` refuses rejected, and every connection wrapped in ``tls`` if given
+    (:func:`pacs.tls_server.server_context`)."""
     server = ae.make_server(
         address,
         evt_handlers=evt_handlers,
@@ -70,6 +85,8 @@ def start_server(
         request_handler=RoutingRequestHandler,
     )
     server.lean_storage = lean  # type: ignore[attr-defined]
+    server.admit = admit  # type: ignore[attr-defined]
+    server.tls_context = tls  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
     ae._servers.append(server)  # as AE.start_server does: server.shutdown() removes it
     return server
@@ -82,14 +99,26 @@ class RoutingRequestHandler(RequestHandler):
 
     def handle(self) -> None:
         lean: LeanStorage | None = getattr(self.server, "lean_storage", None)
+        admit: Admit | None = getattr(self.server, "admit", None)
+        tls: ssl.SSLContext | None = getattr(self.server, "tls_context", None)
+        timeout = lean.network_timeout if lean else float(self.server.ae.network_timeout or 60)
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if lean is None:
+        if tls is not None:
+            secured = secure(sock, tls, timeout, str(self.client_address[0]))
+            if secured is None:
+                return
+            self.request = sock = secured
+        if lean is None and admit is None:
+            sock.settimeout(None)
             super().handle()
             return
-        raw = _peek_request(sock, lean.network_timeout)
+        raw = _peek_request(sock, timeout)
         request = _decode(raw) if raw else None
-        if raw is None or request is None or not is_storage_only(request, storage_like):
+        if admit is not None and not self._admitted(sock, request, admit):
+            _close(sock)
+            return
+        if lean is None or request is None or not is_storage_only(request, storage_like):
             sock.settimeout(None)  # as accepted: pynetdicom does its own timing
             super().handle()
             return
@@ -101,6 +130,29 @@ class RoutingRequestHandler(RequestHandler):
         finally:
             _close(sock)
 
+    def _admitted(self, sock: socket.socket, request: A_ASSOCIATE_RQ | None, admit: Admit) -> bool:
+        """Strict mode: is the caller a registered node? If not, an A-ASSOCIATE-RJ
+        (permanent, service user, calling AE title not recognised; PS3.8 9.3.4) is
+        sent. A request that cannot be read names no caller: it is closed unanswered."""
+        address = str(self.client_address[0])
+        if request is None:
+            log.warning("closed a connection from %s: no readable A-ASSOCIATE-RQ", address)
+            return False
+        calling = str(request.calling_ae_title).strip()
+        try:
+            admitted = admit(calling, address)
+        except Exception as exc:  # the node registry (index) is unavailable
+            log.error("cannot check %s (%s) against the node registry: %s", calling, address, exc)
+            with contextlib.suppress(OSError):
+                sock.sendall(reject(2, 2, 1))  # transient, service provider (ACSE), no reason
+            return False
+        if admitted:
+            return True
+        log.warning("rejected association from %s (%s): not a registered node", calling, address)
+        with contextlib.suppress(OSError):
+            sock.sendall(reject(1, 1, 3))
+        return False
+
     def _serve_lean(self, sock: socket.socket, request: A_ASSOCIATE_RQ, lean: LeanStorage) -> None:
         caller = Caller(
             ae_title=str(request.calling_ae_title).strip(),
@@ -108,7 +160,9 @@ class RoutingRequestHandler(RequestHandler):
             port=int(self.client_address[1]),
         )
         with lean.lock:
-            busy = lean.active + len(self.server.active_associations) >= lean.max_associations
+            # the AE's pynetdicom acceptors on every port, as pynetdicom counts them
+            served = sum(1 for assoc in self.server.ae.active_associations if assoc.is_acceptor)
+            busy = lean.active + served >= lean.max_associations
             if not busy:
                 lean.active += 1
         if busy:

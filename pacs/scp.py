@@ -41,6 +41,7 @@ from pacs.move import GET_MODELS, MOVE_MODELS, install, plan_retrieve
 from pacs.scu import disable_nagle
 from pacs.settings import Settings
 from pacs.store_scp import Caller, OpenStore, Stored, StoreHandler
+from pacs.tls_server import server_context, tls_listener_enabled
 from storage import Archive, IngestResult, Outcome, Problem, Source
 from storage.blobs import staging_tempdir
 from storage.nodes import Node
@@ -69,8 +70,11 @@ def build_ae(settings: Settings) -> AE:
     return ae
 
 
-def start_dicom_server(archive: Archive, settings: Settings) -> ThreadedAssociationServer:
-    """Start listening on ``settings.dicom_port`` in background threads."""
+def start_dicom_server(archive: Archive, settings: Settings) -> list[ThreadedAssociationServer]:
+    """Start listening on ``settings.dicom_port``, and with TLS on
+    ``settings.dicom_tls_port`` when a server certificate is configured
+    (:func:`pacs.tls_server.tls_listener_enabled`), in background threads."""
+    tls = server_context(settings) if tls_listener_enabled(settings) else None
     staging_tempdir(archive.blobs)
     ae = build_ae(settings)
     access = Access(archive, settings)
@@ -90,9 +94,16 @@ def start_dicom_server(archive: Archive, settings: Settings) -> ThreadedAssociat
         staging=archive.blobs.staging_dir(),
         open_store=_lean_store(archive, access),
     )
-    server = start_server(ae, ("0.0.0.0", settings.dicom_port), handlers, lean)
+    admit = access.admits if settings.dicom_strict_nodes else None
+    server = start_server(ae, ("0.0.0.0", settings.dicom_port), handlers, lean, admit=admit)
     log.info("DICOM listener %s on port %d", settings.ae_title, server.server_address[1])
-    return server
+    servers = [server]
+    if tls is not None:
+        address = ("0.0.0.0", settings.dicom_tls_port)
+        servers.append(start_server(ae, address, handlers, lean, admit=admit, tls=tls))
+        port = servers[-1].server_address[1]
+        log.info("DICOM TLS listener %s on port %d", settings.ae_title, port)
+    return servers
 
 
 def _handle_echo(event: evt.Event) -> int:

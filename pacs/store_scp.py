@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 Annex A.2.1
 _ACCEPTED_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 _RECV_CHUNK = 1 << 20
+# What pynetdicom answers when a C-STORE handler raises (a "cannot understand" code,
+# PS3.4 B.2.3), so both SCPs answer a bug alike.
+UNEXPECTED_FAILURE = 0xC211
 
 # PDU types, PS3.8 §9.3.1
 _ASSOCIATE_RQ, _P_DATA, _RELEASE_RQ, _ABORT = 0x01, 0x04, 0x05, 0x07
@@ -242,9 +245,14 @@ class StoreAssociation:
             except OSError as exc:
                 incoming.fail(exc)
         command = incoming.command
-        stored = self.handle_store(
-            command.sop_class_uid, command.sop_instance_uid, incoming.path, incoming.error
-        )
+        try:
+            stored = self.handle_store(
+                command.sop_class_uid, command.sop_instance_uid, incoming.path, incoming.error
+            )
+        except Exception:  # a bug must not leave the sender without an answer
+            log.exception("C-STORE of %s failed", command.sop_instance_uid)
+            incoming.path.unlink(missing_ok=True)
+            stored = Stored(UNEXPECTED_FAILURE, "the archive failed to process the instance")
         self._respond(command, stored.status, stored.comment)
 
     def _respond(self, command: Command, code: int, comment: str = "") -> None:

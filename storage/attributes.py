@@ -105,7 +105,10 @@ class _DatasetReader(_Reader):
         return [_DatasetReader(item, self.charsets) for item in self.ds.get(sequence) or []]
 
     def us(self, keyword: str) -> int | None:
-        value = self.ds.get(keyword)  # pydicom's own conversion
+        try:
+            value = self.ds.get(keyword)  # pydicom's own conversion
+        except Exception:  # e.g. a US of 3 bytes: unreadable counts as absent, as below
+            return None
         if isinstance(value, MultiValue | list):
             value = value[0] if value else None
         return int(value) if isinstance(value, int | float) else None
@@ -138,7 +141,8 @@ class _RawReader(_Reader):
             vr = dictionary_VR(tag)
         fmt = _BINARY_INTEGERS.get(vr)
         if fmt is not None:
-            return struct.unpack_from(fmt, raw)[0] if len(raw) >= struct.calcsize(fmt) else None
+            size = struct.calcsize(fmt)  # a value of another length is malformed (PS3.5 6.2)
+            return struct.unpack_from(fmt, raw)[0] if raw and len(raw) % size == 0 else None
         return self.integer(keyword) if vr in ("IS", "DS") else None
 
 

@@ -76,9 +76,18 @@ def read_header(path: Path, *, quick: bool = True) -> Header:
             raise InvalidInstance(f"not a readable DICOM file: {exc}") from exc
         except Exception as exc:  # pydicom raises many types on garbage input
             raise InvalidInstance(f"not a readable DICOM file: {type(exc).__name__}") from exc
-        syntax = _transfer_syntax(ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None)
-        if syntax != DeflatedExplicitVRLittleEndian:
-            _walk_rest(fp, size, syntax.is_little_endian, syntax.is_implicit_VR)
+        try:
+            return _checked_pydicom(fp, ds, size)
+        except InvalidInstance:
+            raise
+        except Exception as exc:  # pydicom converts values lazily, raising many types
+            raise InvalidInstance(f"unreadable header value: {exc}") from exc
+
+
+def _checked_pydicom(fp: BinaryIO, ds: FileDataset, size: int) -> Header:
+    syntax = _transfer_syntax(ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None)
+    if syntax != DeflatedExplicitVRLittleEndian:
+        _walk_rest(fp, size, syntax.is_little_endian, syntax.is_implicit_VR)
     _check_identity(ds)
     meta_uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
     _check_announced_in_meta(str(meta_uid) if meta_uid else "", str(ds.SOPInstanceUID))

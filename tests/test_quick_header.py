@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.data import get_testdata_files
+from pydicom.data import get_testdata_file, get_testdata_files
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 
@@ -79,3 +79,26 @@ def test_implicit_vr_and_sequences_with_inherited_character_set(tmp_path: Path) 
         quick = read_header(path)
         assert quick == read_header(path, quick=False)
         assert quick.record.patient["other_patient_ids"] == "Bệnh nhân 7"
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [
+        ("CT_small.dcm", b"\x28\x00\x10\x00US\x02\x00"),  # explicit VR: tag, VR, 16-bit length
+        ("MR_small_implicit.dcm", b"\x28\x00\x10\x00\x02\x00\x00\x00"),  # implicit: 32-bit
+    ],
+)
+def test_a_value_of_the_wrong_length_is_absent_on_both_readers(
+    tmp_path: Path, name: str, rows: bytes
+) -> None:
+    """Found by tests/test_fuzz_dicom.py: a US Rows of 3 bytes (PS3.5 6.2 says 2) made
+    pydicom raise while the index values were extracted, and the C-STORE went
+    unanswered. Both readers now index the rest and leave Rows out."""
+    data = Path(str(get_testdata_file(name))).read_bytes()
+    at = data.index(rows) + len(rows)
+    odd = rows[:-2] + b"\x03\x00" if b"US" in rows else rows[:4] + b"\x03\x00\x00\x00"
+    path = tmp_path / name
+    path.write_bytes(data[: data.index(rows)] + odd + data[at : at + 2] + b"\x00" + data[at + 2 :])
+    quick, full = read_header(path), read_header(path, quick=False)
+    assert quick == full
+    assert quick.record.instance["rows"] is None
