@@ -1,27 +1,24 @@
 """``GET /api/studies/{study}[/series/{series}]/download``: images for a doctor's own disk.
 
-The answer is a ZIP holding a DICOM File-set: ``DICOMDIR`` at the root (made with
-``pydicom.fileset``, :mod:`pacs.dicomdir`) and every instance, byte for byte as
-stored, under the File ID the DICOMDIR gives it, so DICOM viewers and CD burners
-open it as they would a study CD (PS3.10 §8, PS3.11 STD-GEN-CD).
+The answer is a ZIP holding a DICOM File-set: every instance, byte for byte as
+stored, under the File ID its DICOMDIR record gives it, and the ``DICOMDIR`` at
+the root (:mod:`pacs.dicomdir`), so DICOM viewers and CD burners open it as they
+would a study CD (PS3.10 §8, PS3.11 STD-GEN-CD).
 
-The DICOMDIR is planned (from the index, and the headers of non-image instances)
-before the response starts, and every file is checked to be there, so a missing or
-unreadable instance is a clear error rather than a truncated ZIP; the files are then
-streamed one chunk at a time (:mod:`api.zip_stream`): memory stays flat whatever the
-size of the study. The last few plans are kept, so downloading an unchanged study
-again starts at once.
+Before the response starts, every file is checked to be there and placed in the
+File-set (images from the index, other instances from their header), so a missing
+or unreadable instance is a clear error rather than a truncated ZIP. The files then
+stream at once, one chunk at a time (:mod:`api.zip_stream`), and the DICOMDIR,
+encoded from the records kept meanwhile, is the last member: readers find it by
+name, not by its place in the ZIP. Memory stays flat whatever the size of the study.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from typing import BinaryIO
 
@@ -33,7 +30,7 @@ from api.audit import audited
 from api.dicomweb.common import Reader
 from api.dicomweb.wado import check_uids
 from api.zip_stream import Member, zip_stream
-from pacs.dicomdir import DicomdirError, FileSetPlan, plan_file_set
+from pacs.dicomdir import DicomdirError, plan_file_set
 from storage import Archive
 from storage.blobs import BlobStore
 from storage.export import ExportedInstance, export_instances
@@ -65,18 +62,18 @@ async def study_zip(request: Request, study: str, series: str | None = None) -> 
     instances = await run_in_threadpool(_instances, archive, study, series)
     blobs = archive.blobs
     try:
-        plan = await run_in_threadpool(_plans.plan, instances, partial(_open, blobs))
+        plan, paths = await run_in_threadpool(plan_file_set, instances, partial(_open, blobs))
     except DicomdirError as exc:
         raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
-    members = [Member("DICOMDIR", len(plan.dicomdir), partial(io.BytesIO, plan.dicomdir))]
-    members += [
+    members = [
         Member(
-            plan.paths[i.stored.sop_instance_uid],
+            paths[i.stored.sop_instance_uid],
             i.stored.file_size,
             partial(_open, blobs, i.stored),
         )
         for i in instances
     ]
+    members.append(Member("DICOMDIR", None, lambda: io.BytesIO(plan.dicomdir())))
     name = _UNSAFE.sub("_", f"{study}-{series}" if series else study)[:120]
     return StreamingResponse(
         _logged(zip_stream(members), study),
@@ -110,37 +107,6 @@ def _instances(archive: Archive, study: str, series: str | None) -> list[Exporte
 
 def _open(blobs: BlobStore, stored: StoredInstance) -> BinaryIO:
     return blobs.open(stored.blob_key)
-
-
-class _PlanCache:
-    """The last few File-set plans, keyed by exactly what was exported (each instance
-    and its file's hash): a second download of an unchanged study starts at once."""
-
-    def __init__(self, size: int = 8) -> None:
-        self._plans: OrderedDict[str, FileSetPlan] = OrderedDict()
-        self._size = size
-        self._lock = threading.Lock()
-
-    def plan(
-        self, instances: list[ExportedInstance], open_file: Callable[[StoredInstance], BinaryIO]
-    ) -> FileSetPlan:
-        digest = hashlib.sha256()
-        for instance in instances:
-            digest.update(f"{instance.stored.sop_instance_uid}:{instance.stored.sha256};".encode())
-        key = digest.hexdigest()
-        with self._lock:
-            if (found := self._plans.get(key)) is not None:
-                self._plans.move_to_end(key)
-                return found
-        made = plan_file_set(instances, open_file)
-        with self._lock:
-            self._plans[key] = made
-            while len(self._plans) > self._size:
-                self._plans.popitem(last=False)
-        return made
-
-
-_plans = _PlanCache()
 
 
 def _logged(chunks: Iterator[bytes], study: str) -> Iterator[bytes]:

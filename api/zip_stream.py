@@ -22,10 +22,15 @@ CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class Member:
-    """One file of the archive: its name, its size and how to open it."""
+    """One file of the archive: its name, its size and how to open it.
+
+    ``size`` None: not known until the member is opened (a file made at the end,
+    such as a DICOMDIR); it must then stay under 4 GiB, as no Zip64 record is
+    planned for it.
+    """
 
     name: str
-    size: int
+    size: int | None
     open: Callable[[], BinaryIO]
 
 
@@ -56,7 +61,8 @@ def zip_stream(members: Iterable[Member]) -> Iterator[bytes]:
         for member in members:
             info = zipfile.ZipInfo(member.name, date_time=stamp)
             info.compress_type = zipfile.ZIP_STORED
-            info.file_size = member.size  # lets zipfile choose Zip64 up front
+            if member.size is not None:
+                info.file_size = member.size  # lets zipfile choose Zip64 up front
             with member.open() as source, archive.open(info, "w") as target:
                 while chunk := source.read(CHUNK):
                     target.write(chunk)

@@ -8,7 +8,7 @@ What it does: ``pacs import`` loads a generated 512x512 CT series (bench/ct_seri
 ~526 kB a slice) into a fresh data folder, ``pacs serve`` starts on it, and
 ``GET /api/studies/{study}/download`` is read to the end ``--runs`` times over one
 connection, 1 MB at a time, the bytes thrown away. For each run it prints the time to
-the first byte (the DICOMDIR is planned from every header first), the total time and
+the first byte (the instances stream first, the DICOMDIR comes last), the total time and
 MB/s; a thread samples the server's resident memory every 10 ms, and the peak over
 the runs is printed beside the RSS before the first download. As the disk's own
 speed, the same files are read sequentially in this process (page cache warm, as
