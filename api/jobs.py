@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from api.auth import Principal, require_role
+from api.params import Offset, RowId
 from storage.jobs import Job, JobError, JobState, enqueue, get_job, list_jobs, retry
 from storage.users import Role
 
@@ -33,7 +34,7 @@ def jobs(
     node: str | None = None,
     study: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[Job]:
     """Jobs, newest first."""
     with request.app.state.archive.sessions() as session:
@@ -54,7 +55,7 @@ def send(request: Request, body: JobIn, _: Admin) -> Job:
 
 
 @router.get("/{job_id}")
-def job(request: Request, job_id: int, _: Admin) -> Job:
+def job(request: Request, job_id: RowId, _: Admin) -> Job:
     with request.app.state.archive.sessions() as session:
         found = get_job(session, job_id)
     if found is None:
@@ -63,7 +64,7 @@ def job(request: Request, job_id: int, _: Admin) -> Job:
 
 
 @router.post("/{job_id}/retry")
-def retry_job(request: Request, job_id: int, _: Admin) -> Job:
+def retry_job(request: Request, job_id: RowId, _: Admin) -> Job:
     """Queue a dead or failed job again; what it already delivered is not resent."""
     with request.app.state.archive.sessions() as session:
         if get_job(session, job_id) is None:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.audit import audited
 from api.auth import Principal, require_role
+from api.params import RowId
 from pacs.documents import DocumentError, DocumentInfo, archive_pdf, archived_pdf
 from pacs.settings import Settings
 from storage import Archive
@@ -102,6 +103,11 @@ class FinalizeBody(BaseModel):
     )
 
 
+class TemplateField(BaseModel):
+    key: str
+    label: str
+
+
 class ReportOut(BaseModel):
     id: int
     study_instance_uid: str
@@ -158,23 +164,25 @@ def of_patient(
     if len(patient_id) > 64:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "a PatientID is 64 characters")
     with _archive(request).sessions() as session:
-        reports = patient_reports(session, patient_id, issuer, _visible(principal))
+        reports = patient_reports(session, patient_id, issuer, _visible(principal), principal.scope)
     return [_out(report) for report in reports]
 
 
 @router.get("/reports/{report_id}", dependencies=[Depends(audited("report-read"))])
-def read(request: Request, report_id: int, principal: Reader) -> ReportOut:
+def read(request: Request, report_id: RowId, principal: Reader) -> ReportOut:
     return _out(_readable(request, report_id, principal))
 
 
 @router.patch("/reports/{report_id}", dependencies=[Depends(audited("report-edit"))])
-def edit(request: Request, report_id: int, body: ReportPatch, principal: Writer) -> ReportOut:
+def edit(request: Request, report_id: RowId, body: ReportPatch, principal: Writer) -> ReportOut:
     """Change a draft; 409 once it is final."""
     changes = body.model_dump(exclude_unset=True)
     if any(value is None for value in changes.values()):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "null is not a value here")
     with _answering(), _archive(request).sessions() as session:
-        request.state.audit_study = get_report(session, report_id).study_instance_uid
+        request.state.audit_study = get_report(
+            session, report_id, principal.scope
+        ).study_instance_uid
         report = edit_draft(session, report_id, changes)
         session.commit()
     return _out(report)
@@ -182,14 +190,16 @@ def edit(request: Request, report_id: int, body: ReportPatch, principal: Writer)
 
 @router.post("/reports/{report_id}/finalize", dependencies=[Depends(audited("report-finalize"))])
 def sign(
-    request: Request, report_id: int, principal: Writer, body: FinalizeBody | None = None
+    request: Request, report_id: RowId, principal: Writer, body: FinalizeBody | None = None
 ) -> ReportOut:
     """Sign the draft: it becomes final and immutable, and its PDF is archived in the
     study as an Encapsulated PDF instance. 409 if it is not a draft."""
     archive = _archive(request)
     with _answering(), _signing(report_id):
         with archive.sessions() as session:
-            request.state.audit_study = get_report(session, report_id).study_instance_uid
+            request.state.audit_study = get_report(
+                session, report_id, principal.scope
+            ).study_instance_uid
             draft = check_draft(session, report_id)
             signer = check_signer((body.signer if body else None) or principal.username)
         at = datetime.now(UTC).replace(microsecond=0)
@@ -212,27 +222,22 @@ def sign(
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(audited("report-amend"))],
 )
-def correct(request: Request, report_id: int, principal: Writer) -> ReportOut:
+def correct(request: Request, report_id: RowId, principal: Writer) -> ReportOut:
     """A new draft version of a final report, to correct it; 409 unless it is final."""
     with _answering(), _archive(request).sessions() as session:
-        request.state.audit_study = get_report(session, report_id).study_instance_uid
+        request.state.audit_study = get_report(
+            session, report_id, principal.scope
+        ).study_instance_uid
         report = amend(session, report_id, principal.username)
         session.commit()
     return _out(report)
 
 
 @router.get("/reports/{report_id}/pdf", dependencies=[Depends(audited("report-pdf"))])
-def pdf(request: Request, report_id: int, principal: Reader) -> Response:
-    """The report as PDF: a signed report's archived document, byte for byte, or a
-    draft rendered now (watermarked DRAFT)."""
+def pdf(request: Request, report_id: RowId, principal: Reader) -> Response:
+    """The report as PDF, saying what it is now (see :func:`current_pdf`)."""
     report = _readable(request, report_id, principal)
-    if report.document_uid:
-        try:
-            body = archived_pdf(_archive(request), report.study_instance_uid, report.document_uid)
-        except DocumentError as exc:
-            raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
-    else:
-        body = _pdf(request, report, status=report.status)
+    body = current_pdf(request, report)
     name = f"report-{report.id}-v{report.version}.pdf"
     return Response(
         body,
@@ -245,7 +250,7 @@ def pdf(request: Request, report_id: int, principal: Reader) -> Response:
     "/reports/{report_id}/key-images/{number}",
     dependencies=[Depends(audited("report-key-image"))],
 )
-def key_image(request: Request, report_id: int, number: int, principal: Reader) -> Response:
+def key_image(request: Request, report_id: RowId, number: int, principal: Reader) -> Response:
     """Key image ``number`` (1-based, in the report's order) as JPEG, as in the PDF."""
     report = _readable(request, report_id, principal)
     uids = report.content.key_images
@@ -270,6 +275,29 @@ def key_image(request: Request, report_id: int, number: int, principal: Reader) 
     )
 
 
+@router.get("/report-templates")
+def templates(_: Reader) -> dict[str, list[TemplateField]]:
+    """The structured templates (:mod:`storage.report_templates`): each one's fields
+    as key (what a report's ``fields`` holds) and label, in order."""
+    return {
+        name: [TemplateField(key=key, label=label) for key, label in fields]
+        for name, fields in TEMPLATES.items()
+    }
+
+
+def current_pdf(request: Request, report: ReportView) -> bytes:
+    """The PDF of the report as its status is now: the current final report's archived
+    document, byte for byte; a draft, or a final since replaced by an amendment, made
+    now and watermarked DRAFT or AMENDED (the archived document of a superseded version
+    was made while it was final, and says FINAL)."""
+    if report.status is ReportStatus.FINAL and report.document_uid:
+        try:
+            return archived_pdf(_archive(request), report.study_instance_uid, report.document_uid)
+        except DocumentError as exc:
+            raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
+    return _pdf(request, report, status=report.status)
+
+
 def _archive(request: Request) -> Archive:
     archive: Archive = request.app.state.archive
     return archive
@@ -281,7 +309,7 @@ def _visible(principal: Principal) -> tuple[ReportStatus, ...] | None:
 
 def _readable(request: Request, report_id: int, principal: Principal) -> ReportView:
     with _answering(), _archive(request).sessions() as session:
-        report = get_report(session, report_id)
+        report = get_report(session, report_id, principal.scope)
     request.state.audit_study = report.study_instance_uid
     visible = _visible(principal)
     if visible is not None and report.status not in visible:
@@ -341,6 +369,7 @@ def _pdf(
         finalized_by=signer or report.finalized_by,
         finalized_at=at or report.finalized_at,
         key_images=_key_images(archive, report),
+        amends_version=report.version - 1 if report.previous_id is not None else None,
     )
     letterhead = Letterhead(settings.hospital_name, settings.hospital_logo, settings.report_font)
     try:

@@ -17,6 +17,7 @@ as ``share-link:<id>`` with the study.
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -25,10 +26,11 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.audit import audited
-from api.auth import Principal, require_role
+from api.audit import audited, note_failed_sign_in
+from api.auth import Principal, memory, require_role
 from api.downloads import study_zip
-from pacs.documents import DocumentError, archived_pdf
+from api.params import RowId
+from api.reports import current_pdf
 from storage import Archive
 from storage.reports import SIGNED, ReportNotFound, get_report, report_subject, study_reports
 from storage.retrieve import find_instances
@@ -141,10 +143,10 @@ def of_study(request: Request, study: str, _: Writer) -> list[LinkOut]:
 
 
 @router.delete("/share-links/{link_id}", dependencies=[Depends(audited("share-revoke"))])
-def revoke(request: Request, link_id: int, _: Writer) -> LinkOut:
+def revoke(request: Request, link_id: RowId, principal: Writer) -> LinkOut:
     with _archive(request).sessions() as session:
         try:
-            link = revoke_link(session, link_id)
+            link = revoke_link(session, link_id, principal.scope)
         except LinkUnknown as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
         session.commit()
@@ -157,8 +159,20 @@ async def shared(
     token: str,
     pin: Annotated[str, Header(alias="X-Share-PIN", max_length=12)] = "",
 ) -> ShareLinkView:
-    """Dependency: the link ``token`` opens (PIN checked, use counted), or 401/403/410."""
-    link = await run_in_threadpool(_open, _archive(request), token[:100], pin)
+    """Dependency: the link ``token`` opens (PIN checked, use counted), or 401/403/410.
+
+    A refused token or PIN is audited as a failed sign-in (the token is the credential).
+    """
+    token = token[:100]
+    key = hashlib.sha256(f"{token}\0{pin}".encode()).hexdigest()
+    verified = bool(pin) and memory(request).share_pins.get(key) is not None
+    try:
+        link = await run_in_threadpool(_open, _archive(request), token, pin, verified)
+    except HTTPException:
+        note_failed_sign_in(request, "share-link")
+        raise
+    if pin and not verified:
+        memory(request).share_pins.put(key, True)  # expiry, revocation: read on every use
     request.state.principal = Principal(f"share-link:{link.id}", Role.REFERRING)
     request.state.audit_study = link.study_instance_uid
     return link
@@ -238,10 +252,9 @@ def rendered(
 
 
 @router.get("/share/{token}/reports/{report_id}/pdf", dependencies=[Depends(audited("share-pdf"))])
-def report_pdf(request: Request, report_id: int, link: Shared) -> Response:
-    """A signed report of the shared study, as archived."""
-    archive = _archive(request)
-    with archive.sessions() as session:
+def report_pdf(request: Request, report_id: RowId, link: Shared) -> Response:
+    """A signed report of the shared study, saying whether it is still the final one."""
+    with _archive(request).sessions() as session:
         try:
             report = get_report(session, report_id)
         except ReportNotFound:
@@ -250,13 +263,9 @@ def report_pdf(request: Request, report_id: int, link: Shared) -> Response:
         report is None
         or report.study_instance_uid != link.study_instance_uid
         or report.status not in SIGNED
-        or not report.document_uid
     ):
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such report in the shared study")
-    try:
-        body = archived_pdf(archive, report.study_instance_uid, report.document_uid)
-    except DocumentError as exc:
-        raise HTTPException(status.HTTP_500_INTERNAL_SERVER_ERROR, str(exc)) from exc
+    body = current_pdf(request, report)
     name = f"report-{report.id}-v{report.version}.pdf"
     return Response(
         body,
@@ -276,10 +285,10 @@ def _archive(request: Request) -> Archive:
     return archive
 
 
-def _open(archive: Archive, token: str, pin: str) -> ShareLinkView:
+def _open(archive: Archive, token: str, pin: str, pin_verified: bool) -> ShareLinkView:
     with archive.sessions() as session:
         try:
-            link = open_link(session, token, pin)
+            link = open_link(session, token, pin, pin_verified=pin_verified)
         except LinkUnknown as exc:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, str(exc), _CHALLENGE) from exc
         except LinkGone as exc:

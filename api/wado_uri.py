@@ -24,6 +24,7 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import QueryParams
 
 from api.audit import audited
+from api.auth import check_study
 from api.dicomweb import rendered
 from api.dicomweb.common import Reader
 from api.dicomweb.negotiation import ANY, DICOM, EXPLICIT_VR_LITTLE_ENDIAN, parse_accept
@@ -46,7 +47,7 @@ _IMAGE_TYPES: tuple[MediaType, ...] = ("image/jpeg", "image/png", "image/gif", "
 
 
 @router.get("/wado", dependencies=[Depends(audited("retrieve"))])
-async def wado(request: Request, _: Reader) -> Response:
+async def wado(request: Request, principal: Reader) -> Response:
     """Retrieve one DICOM object, as a Part 10 file or a rendered image."""
     params = request.query_params
     if params.get("requestType") != "WADO":
@@ -65,6 +66,7 @@ async def wado(request: Request, _: Reader) -> Response:
         uids[name] = value
     # The audit trail records UIDs from the path parameters; here they come in the query.
     request.path_params.update(uids)
+    await check_study(request, principal, uids["study"])
     if params.get("anonymize", "").lower() == "yes":
         raise HTTPException(
             status.HTTP_406_NOT_ACCEPTABLE, "de-identified copies are not offered over WADO-URI"
@@ -118,7 +120,7 @@ async def _rendered(request: Request, stored: StoredInstance, media_type: MediaT
         frame, cine = 1, media_type == "image/gif" and count > 1
     else:
         text = frame_text.strip()
-        if not text.isdigit() or int(text) == 0 or len(text) > 9:
+        if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) == 0:
             raise rendered.bad("frameNumber", frame_text, "a frame number, 1 or more")
         frame, cine = int(text), False
         rendered.check_frames(stored, [frame])

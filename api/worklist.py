@@ -38,7 +38,7 @@ class WorklistPage(BaseModel):
 @router.get("/worklist")
 def get_worklist(
     request: Request,
-    _: Reader,
+    principal: Reader,
     name: Text = "",
     patient_id: Text = "",
     accession: Text = "",
@@ -61,7 +61,7 @@ def get_worklist(
     )
     with request.app.state.archive.sessions() as session:
         try:
-            rows, more = worklist(session, wanted, limit, offset)
+            rows, more = worklist(session, wanted, limit, offset, principal.scope)
         except QueryError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     return WorklistPage(items=rows, offset=offset, limit=limit, more=more)

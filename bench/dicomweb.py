@@ -182,7 +182,7 @@ def _ct_series(cache: Path, slices: int) -> Series:
 
 def _run_full(args: argparse.Namespace, cache: Path, template: Path, series: Series) -> Measured:
     """Ours on the seeded index plus the CT series."""
-    run_dir = _fresh(cache, "dicomweb-full")
+    run_dir = fresh_run_dir(cache, "dicomweb-full")
     url = SqliteDatabases(cache).create("full", run_dir / "data", str(template))
     target = _ours_target(FULL, run_dir, url)
     uids = qido_seed.study_uids(template, args.requests, random.Random(3))
@@ -200,7 +200,7 @@ def _run_subset(
 ) -> Measured:
     """Ours (fresh) or Orthanc with the subset and the CT series pushed over DICOM."""
     label = ORTHANC if orthanc else SUBSET
-    run_dir = _fresh(cache, f"dicomweb-{label}")
+    run_dir = fresh_run_dir(cache, f"dicomweb-{label}")
     if orthanc:
         target = _orthanc_target(run_dir)
     else:
@@ -240,7 +240,8 @@ def _as_series(folder: Path) -> CtSeries:
     return CtSeries(folder, len(files), sum(f.stat().st_size for f in files))
 
 
-def _fresh(cache: Path, name: str) -> Path:
+def fresh_run_dir(cache: Path, name: str) -> Path:
+    """An empty folder ``name`` for one run under the cache's ``runs``."""
     run_dir = cache / "runs" / name
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -272,14 +273,14 @@ def _measure(
     measured = Measured()
     path = series.metadata_path(target.root)
     for restart in range(args.restarts):
-        with target.start() as server, _client(server, target) as client:
+        with target.start() as server, warm_client(server, target) as client:
             _timed_metadata(client, path, measured.cold, args.slices)
             if restart == 0:
                 _warm_metadata(client, path, measured.warm, args.warm, args.slices)
                 _qido(client, target, kinds, measured)
     print(
-        f"[{target.label}] series metadata: cold {_ms(measured.cold.p50_ms)} median of "
-        f"{len(measured.cold.seconds)}, warm {_ms(measured.warm.p50_ms)} median of "
+        f"[{target.label}] series metadata: cold {ms(measured.cold.p50_ms)} median of "
+        f"{len(measured.cold.seconds)}, warm {ms(measured.warm.p50_ms)} median of "
         f"{len(measured.warm.seconds)}",
         flush=True,
     )
@@ -320,8 +321,8 @@ def _qido(client: Client, target: Target, kinds: list[Kind], measured: Measured)
         timings = time_kind(client, target.root, kind)
         measured.qido[kind.key] = timings
         print(
-            f"[{target.label}] {kind.title:<20} p50 {_ms(timings.p50_ms)}  p95 "
-            f"{_ms(timings.p95_ms)}  max {_ms(timings.max_ms)}  "
+            f"[{target.label}] {kind.title:<20} p50 {ms(timings.p50_ms)}  p95 "
+            f"{ms(timings.p95_ms)}  max {ms(timings.max_ms)}  "
             f"{timings.mean_results:.1f} results/request",
             flush=True,
         )
@@ -337,7 +338,7 @@ def _profile(args: argparse.Namespace, target: Target, kinds: list[Kind], series
     qido = folder / "pyspy-dicomweb-qido.txt"
     with (
         target.start() as server,
-        _client(server, target) as client,
+        warm_client(server, target) as client,
         pyspy_profile.recording(server.pid, qido, gil=False),
     ):
         time.sleep(PYSPY_ATTACH_SECONDS)
@@ -349,7 +350,7 @@ def _profile(args: argparse.Namespace, target: Target, kinds: list[Kind], series
         part = folder / f"pyspy-dicomweb-cold-metadata-{restart}.txt"
         with (
             target.start() as server,
-            _client(server, target) as client,
+            warm_client(server, target) as client,
             pyspy_profile.recording(server.pid, part, gil=False, rate=1000),
         ):
             time.sleep(PYSPY_ATTACH_SECONDS)
@@ -364,7 +365,7 @@ def _profile(args: argparse.Namespace, target: Target, kinds: list[Kind], series
 
 
 @contextmanager
-def _client(server: servers.Running, target: Target) -> Iterator[Client]:
+def warm_client(server: servers.Running, target: Target) -> Iterator[Client]:
     """A client that has already made one QIDO request (login, imports)."""
     client = Client(server.base_url, target.headers)
     try:
@@ -393,7 +394,7 @@ def _report(args: argparse.Namespace, results: dict[str, Measured], seconds: flo
 
 def _environment(args: argparse.Namespace, seconds: float) -> str:
     line = (
-        f"DICOMweb benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {_cpu_model()} "
+        f"DICOMweb benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {cpu_model()} "
         f"({len(os.sched_getaffinity(0))} CPUs), Python {platform.python_version()}, "
         f"SQLite index; {args.requests} requests per query kind, metadata cold = median of "
         f"{args.restarts} restarts, warm = median of up to {args.warm}; "
@@ -439,9 +440,9 @@ def _table(args: argparse.Namespace, results: dict[str, Measured]) -> str:
         ours = _timings(results.get(SUBSET), key)
         theirs = _timings(results.get(ORTHANC), key)
         lines.append(
-            f"| {title} | {_ms(full.p50_ms)} | {_ms(full.p95_ms)} | < {target:.0f} "
-            f"| {_verdict(full, key, target)} | {_ms(ours.p50_ms)} | {_ms(ours.p95_ms)} "
-            f"| {_ms(theirs.p50_ms)} | {_ms(theirs.p95_ms)} "
+            f"| {title} | {ms(full.p50_ms)} | {ms(full.p95_ms)} | < {target:.0f} "
+            f"| {_verdict(full, key, target)} | {ms(ours.p50_ms)} | {ms(ours.p95_ms)} "
+            f"| {ms(theirs.p50_ms)} | {ms(theirs.p95_ms)} "
             f"| {_ratio(theirs.p50_ms, ours.p50_ms)} |"
         )
     return "\n".join(lines)
@@ -479,7 +480,7 @@ def _verdicts(results: dict[str, Measured]) -> list[str]:
     return errors or ["- no failed requests"]
 
 
-def _ms(value: float) -> str:
+def ms(value: float) -> str:
     return "—" if value != value else f"{value:.1f}"
 
 
@@ -489,7 +490,7 @@ def _ratio(theirs: float, ours: float) -> str:
     return f"{theirs / ours:.1f}x"
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,12 +119,16 @@ class PostgresDatabases:
 
     def template(self, instances: int) -> str:
         name = f"pacs_bench_seed_v{SEED_VERSION}_{schema_fingerprint()}_{instances}"
+        return self.build(name, lambda engine: seed(engine, instances))
+
+    def build(self, name: str, fill: Callable[[Engine], None]) -> str:
+        """The template database ``name``, filled by ``fill`` the first time."""
         if not self._exists(name):
             partial = f"{name}_partial"
             self._admin(f'DROP DATABASE IF EXISTS "{partial}"')
             self._admin(f'CREATE DATABASE "{partial}"')
             engine = make_engine(PG_URL.format(name=partial))
-            seed(engine, instances)
+            fill(engine)
             engine.dispose()
             self._admin(f'ALTER DATABASE "{partial}" RENAME TO "{name}"')
         return name

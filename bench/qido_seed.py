@@ -15,7 +15,7 @@ tables of :mod:`storage.models`), but with a profile QIDO queries can tell apart
   CR studies a couple of images, split into 1 to 12 series.
 
 The template is built once per (studies, instances, schema) under the cache
-folder and copied for every run.
+folder (or as a PostgreSQL template database) and copied for every run.
 """
 
 from __future__ import annotations
@@ -26,7 +26,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from index_seed import MODALITIES, SITES, Batch, IndexRows, schema_fingerprint, seed
+from index_seed import (
+    MODALITIES,
+    SITES,
+    Batch,
+    IndexRows,
+    PostgresDatabases,
+    schema_fingerprint,
+    seed,
+)
+from sqlalchemy import Engine
 
 from pacs.charset import search_key
 from storage.database import make_engine
@@ -83,6 +92,16 @@ def template(cache: Path, studies: int, instances: int) -> Path:
         engine.dispose()
     partial.rename(path)
     return path
+
+
+def postgres_template(studies: int, instances: int) -> str:
+    """The same profile as :func:`template` as a PostgreSQL template database (its name)."""
+    name = f"pacs_bench_qido_v{QIDO_SEED_VERSION}_{schema_fingerprint()}_{studies}_{instances}"
+
+    def fill(engine: Engine) -> None:
+        seed(engine, instances, QidoRows(random.Random(QIDO_SEED_VERSION), studies, instances))
+
+    return PostgresDatabases().build(name, fill)
 
 
 def study_uids(index: Path, count: int, rng: random.Random) -> list[str]:

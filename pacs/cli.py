@@ -15,10 +15,19 @@ from tqdm import tqdm
 
 from pacs.bootstrap import SchemaOutdated, archive_from_settings
 from pacs.settings import Settings, load_settings
+from pacs.tls_server import TLSSettingsError
 from storage import Archive, Outcome
 from storage.database import make_engine, upgrade
 from storage.jobs import JobError, JobState, enqueue, get_job, list_jobs
-from storage.users import Role, UserError, create_user, list_users, set_password
+from storage.users import (
+    LOCAL_SITE,
+    Role,
+    UserError,
+    create_user,
+    list_users,
+    set_disabled,
+    set_password,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings(args.config, **flags)
     try:
         return int(args.run(settings, args) or 0)
-    except SchemaOutdated as exc:
+    except (SchemaOutdated, TLSSettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -77,11 +86,27 @@ def _parser() -> argparse.ArgumentParser:
     add = user.add_parser("add", help="create a user (password asked for, or PACS_NEW_PASSWORD)")
     add.add_argument("username")
     add.add_argument("--role", choices=[r.value for r in Role], required=True)
+    add.add_argument(
+        "--site",
+        action="append",
+        dest="sites",
+        help="a site the user works for (repeat for several; default: this archive's own)",
+    )
+    add.add_argument(
+        "--referring-name",
+        default="",
+        help="for a referring doctor: the ReferringPhysicianName (Family^Given) of its studies",
+    )
     add.set_defaults(run=_user_add)
     user.add_parser("list", help="list users and roles").set_defaults(run=_user_list)
     passwd = user.add_parser("passwd", help="set a user's password")
     passwd.add_argument("username")
     passwd.set_defaults(run=_user_passwd)
+    for verb, disabled in (("disable", True), ("enable", False)):
+        what = "end a user's sessions and refuse its sign-ins" if disabled else "enable a user"
+        toggle = user.add_parser(verb, help=what)
+        toggle.add_argument("username")
+        toggle.set_defaults(run=_user_disable, disabled=disabled)
 
     node = verbs.add_parser("node", help="remote DICOM nodes").add_subparsers(required=True)
     node_add = node.add_parser("add", help="register a node (rights default to all)")
@@ -180,7 +205,14 @@ def _user_add(settings: Settings, args: argparse.Namespace) -> int:
     password = _new_password()
     with archive.sessions() as session:
         try:
-            create_user(session, args.username, password, Role(args.role))
+            create_user(
+                session,
+                args.username,
+                password,
+                Role(args.role),
+                sites=args.sites or (LOCAL_SITE,),
+                referring_name=args.referring_name,
+            )
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -193,7 +225,21 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> int:
     archive = archive_from_settings(settings, create_schema=True)
     with archive.sessions() as session:
         for user in list_users(session):
-            print(f"{user.username}\t{user.role}\t{user.created_at:%Y-%m-%d}")
+            sites = ",".join(repr(s.site) for s in user.sites) or "-"
+            print(f"{user.username}\t{user.role}\tsites={sites}\t{user.created_at:%Y-%m-%d}")
+    return 0
+
+
+def _user_disable(settings: Settings, args: argparse.Namespace) -> int:
+    archive = archive_from_settings(settings, create_schema=True)
+    with archive.sessions() as session:
+        try:
+            set_disabled(session, args.username, args.disabled)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        session.commit()
+    print(f"user {args.username} {'disabled' if args.disabled else 'enabled'}")
     return 0
 
 

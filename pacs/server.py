@@ -19,6 +19,7 @@ from pacs.bootstrap import archive_from_settings, ensure_first_admin
 from pacs.forward import Forwarder
 from pacs.scp import start_dicom_server
 from pacs.settings import Settings
+from storage.database import refresh_statistics
 
 log = logging.getLogger(__name__)
 Only = Literal["dicom", "http"] | None
@@ -26,6 +27,7 @@ Only = Literal["dicom", "http"] | None
 
 def serve(settings: Settings, only: Only = None) -> None:
     archive = archive_from_settings(settings, create_schema=True)
+    refresh_statistics(archive.sessions.kw["bind"])
     archive.blobs.clear_staging(older_than=timedelta(hours=1))
     if recovered := archive.recover_pending():
         log.warning("indexed %d instances stored just before a crash", recovered)
@@ -36,7 +38,7 @@ def serve(settings: Settings, only: Only = None) -> None:
             "`pacs user passwd admin`)",
             flush=True,
         )
-    dicom = start_dicom_server(archive, settings) if only in (None, "dicom") else None
+    dicom = start_dicom_server(archive, settings) if only in (None, "dicom") else []
     # Forwarding is DICOM work: it runs beside the listener, not in an HTTP-only process.
     forwards = only in (None, "dicom") and settings.forward_workers > 0
     forwarder = Forwarder(archive, settings) if forwards else None
@@ -54,14 +56,17 @@ def serve(settings: Settings, only: Only = None) -> None:
                 port=settings.http_port,
                 log_level="info",
                 access_log=settings.access_log,
+                # HTTPS on the same port when a certificate is configured.
+                ssl_certfile=settings.https_cert_file,
+                ssl_keyfile=settings.https_key_file,
             )
         else:
             _wait_for_signal()
     finally:
         if forwarder is not None:
             forwarder.stop()
-        if dicom is not None:
-            dicom.shutdown()
+        for listener in dicom:
+            listener.shutdown()
 
 
 def _exit(signum: int, _frame: object) -> None:

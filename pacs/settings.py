@@ -36,7 +36,41 @@ class Settings(BaseSettings):
     duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP_FIRST
     max_pdu_size: int = Field(4 * 1024 * 1024, ge=0)
     max_associations: int = Field(32, ge=1)
+    # Sign-in (api/auth.py, api/sessions.py): a short-lived JWT access token and an
+    # opaque refresh token that is rotated on each use; the refresh token's lifetime is
+    # the longest a session lasts without typing the password again. token_ttl_seconds
+    # is its older name, used when refresh_token_seconds is not given.
     token_ttl_seconds: int = Field(12 * 3600, ge=60)
+    access_token_seconds: int = Field(900, ge=30, le=24 * 3600)
+    refresh_token_seconds: int | None = Field(None, ge=60)
+    # HS256 key of the access tokens; unset: generated once into <data dir>/jwt-secret
+    # (mode 0600), so processes sharing a data folder agree. At least 32 characters.
+    jwt_secret: str | None = Field(None, min_length=32, repr=False)
+    # Lock-out: this many wrong passwords in a row lock an account for that long.
+    sign_in_max_failures: int = Field(5, ge=1)
+    sign_in_lockout_minutes: float = Field(15.0, gt=0)
+    # POST /api/auth/token per client address (in memory, per process): 429 past it.
+    sign_in_per_minute: int = Field(10, ge=1)
+    # OpenID Connect sign-in (optional; off while oidc_issuer is empty). The role comes
+    # from the id_token claim oidc_role_claim when set and valid, else oidc_default_role;
+    # oidc_create_users lets a first sign-in create the local user (else an admin must).
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = Field("", repr=False)
+    oidc_role_claim: str = ""
+    oidc_default_role: Literal["admin", "radiologist", "referring", "modality"] = "referring"
+    oidc_create_users: bool = False
+    oidc_scopes: str = "openid profile email"
+
+    # HTTPS: served on PACS_HTTP_PORT when both are set. HSTS is sent over TLS, or
+    # always when behind_tls_proxy says a TLS-terminating proxy is in front.
+    https_cert_file: Path | None = None
+    https_key_file: Path | None = None
+    behind_tls_proxy: bool = False
+    # Request bodies other than STOW-RS (which has max_upload_bytes): JSON and forms.
+    max_request_body_bytes: int = Field(1024 * 1024, ge=1024)
+    # The most results one QIDO-RS page returns, whatever limit= asks for.
+    max_query_results: int = Field(1000, ge=1, le=100_000)
     # Calling AE titles that are not registered nodes (``pacs node add``): may they
     # C-FIND, and C-GET / C-MOVE? Registered nodes get exactly their own rights.
     unknown_nodes_may_query: bool = True
@@ -47,6 +81,15 @@ class Settings(BaseSettings):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # DICOM TLS listener (PS3.15 B.1) beside the plain port, serving the same services
+    # with tls_cert_file/tls_key_file as the server certificate: it runs when both are
+    # set and the port is not 0 (2762 is IANA's dicom-tls port). Client certificates
+    # are verified against tls_ca_file (else the system's CAs) when required.
+    dicom_tls_port: int = Field(2762, ge=0, le=65535)
+    dicom_tls_require_client_cert: bool = False
+    # Strict mode: an association whose calling AE title is not a registered node is
+    # rejected at association time (PS3.8 9.3.4), on the plain and the TLS port.
+    dicom_strict_nodes: bool = False
 
     # Forwarding (``pacs send``, routing rules): an unreachable node is tried again
     # after retry * 2**(attempt-1) seconds, until max attempts, then the job is dead.
@@ -103,6 +146,10 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.data_dir.resolve() / 'index.sqlite'}"
         if not self.storage_url:
             self.storage_url = (self.data_dir.resolve() / "blobs").as_uri()
+        if self.refresh_token_seconds is None:
+            self.refresh_token_seconds = self.token_ttl_seconds
+        if (self.https_cert_file is None) != (self.https_key_file is None):
+            raise ValueError("https_cert_file and https_key_file are set together or not at all")
         return self
 
 

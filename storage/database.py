@@ -52,6 +52,23 @@ def is_current(engine: Engine) -> bool:
         return MigrationContext.configure(conn).get_current_revision() == head
 
 
+def refresh_statistics(engine: Engine) -> None:
+    """Give SQLite's query planner fresh statistics (``ANALYZE``, sampled).
+
+    Without them SQLite drives a site-scoped study list from the site index and
+    sorts every visible study, instead of walking the date index and stopping at a
+    page (bench/authz_qido.py: 28-32 ms against 12-16 ms for a user seeing 40 % of
+    10,000 studies). ``analysis_limit`` samples each index, so this takes about a
+    second at a million instances. PostgreSQL's autovacuum does this by itself.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        conn.exec_driver_sql("PRAGMA analysis_limit=1000")
+        conn.exec_driver_sql("ANALYZE")
+        conn.commit()
+
+
 def _sqlite_engine(url: str) -> Engine:
     database = url.split("///", 1)[1] if "///" in url else ""
     if database and database != ":memory:":

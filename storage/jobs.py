@@ -20,6 +20,7 @@ knows was delivered.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,9 +30,10 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from storage.header import is_valid_uid
-from storage.models import ForwardedInstance, ForwardJob, Study
+from storage.models import ForwardedInstance, ForwardJob, RemoteNode, Study
 from storage.nodes import get_node
 from storage.retrieve import as_utc
+from storage.scope import GrantError, Reason, grant
 
 MAX_BACKOFF = timedelta(hours=1)
 _CLAIM_TRIES = 5
@@ -199,7 +201,12 @@ def record_sent(session: Session, job_id: int, sop_instance_uid: str) -> None:
 
 def finish(session: Session, job_id: int, refused: dict[str, str]) -> Job:
     """End a run that reached every instance: ``done``, or ``failed`` with the
-    instances the peer refused (``{uid: reason}``) listed; commits."""
+    instances the peer refused (``{uid: reason}``) listed; commits.
+
+    The study now belongs to the destination node's site too (storage.scope): that
+    hospital's radiologists see it here as well as in their own archive.
+    """
+    _grant_to_destination(session, job_id)
     if refused:
         reasons = sorted(set(refused.values()))
         error = f"{len(refused)} instance(s) refused by the destination: " + "; ".join(reasons)
@@ -215,6 +222,17 @@ def finish(session: Session, job_id: int, refused: dict[str, str]) -> Job:
         _set(session, job_id, state=JobState.DONE, failed=0, failed_uids="[]", last_error="")
     session.commit()
     return _must(session, job_id)
+
+
+def _grant_to_destination(session: Session, job_id: int) -> None:
+    row = session.execute(
+        select(ForwardJob.study_instance_uid, RemoteNode.site)
+        .join(RemoteNode, RemoteNode.name == ForwardJob.node)
+        .where(ForwardJob.id == job_id)
+    ).first()
+    if row is not None and row.site:
+        with contextlib.suppress(GrantError):  # the study was deleted meanwhile
+            grant(session, row.study_instance_uid, Reason.FORWARDED, site=row.site)
 
 
 def fail_attempt(

@@ -172,6 +172,14 @@ class Instance(Base):
 
 
 class User(Base):
+    """Someone who signs in.
+
+    ``token_version`` is written into every access token; bumping it (password change,
+    disabling) ends every session at once. ``failed_sign_ins`` / ``locked_until`` are
+    the lock-out after repeated wrong passwords. ``referring_name_key`` maps a
+    ``referring`` user to the folded ReferringPhysicianName of the studies it may read.
+    """
+
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -179,14 +187,53 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    failed_sign_ins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    referring_name_key: Mapped[str] = mapped_column(PN, default="", index=True)
 
     tokens: Mapped[list[ApiToken]] = relationship(
         back_populates="user", cascade="all, delete-orphan"
     )
+    sites: Mapped[list[UserSite]] = relationship(cascade="all, delete-orphan", lazy="selectin")
+
+
+class UserSite(Base):
+    """A site (hospital) a user works for: it sees that site's studies."""
+
+    __tablename__ = "user_sites"
+
+    user_pk: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    site: Mapped[str] = mapped_column(LO, primary_key=True)
+
+
+class StudyAccess(Base):
+    """A study made visible beyond the site that sent it.
+
+    ``site`` set: the study was forwarded or shared to that site; ``user_pk`` set: it
+    was shared with that one user (a referring doctor). ``reason`` is ``forwarded`` or
+    ``shared``.
+    """
+
+    __tablename__ = "study_access"
+    __table_args__ = (
+        Index("ix_study_access_site", "site", "study_pk"),
+        Index("ix_study_access_user", "user_pk", "study_pk"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    site: Mapped[str] = mapped_column(LO, default="")
+    user_pk: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    reason: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApiToken(Base):
-    """A bearer token; only its SHA-256 is kept, so a leaked database leaks no tokens."""
+    """A refresh token; only its SHA-256 is kept, so a leaked database leaks no tokens."""
 
     __tablename__ = "api_tokens"
 
@@ -200,7 +247,13 @@ class ApiToken(Base):
 
 
 class AuditEvent(Base):
-    """Who read or changed what, when, from where (one row per HTTP request)."""
+    """Who read or changed what, when, from where: append-only.
+
+    One row per audited HTTP request or security event, after IHE ATNA (RFC 3881 /
+    DICOM PS3.15 A.5): ``event_type`` is the ATNA event (e.g. ``DICOM Instances
+    Accessed``, ``User Authentication``), ``outcome`` its EventOutcomeIndicator
+    (0 success, 4 minor failure, 8 serious failure, 12 major failure).
+    """
 
     __tablename__ = "audit_events"
 
@@ -215,6 +268,11 @@ class AuditEvent(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID, default="")
     sop_instance_uid: Mapped[str] = mapped_column(UID, default="")
     status: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16), default="")
+    site: Mapped[str] = mapped_column(LO, default="")
+    patient_id: Mapped[str] = mapped_column(LO, default="", index=True)
+    event_type: Mapped[str] = mapped_column(String(48), default="", index=True)
+    outcome: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class RemoteNode(Base):

@@ -30,12 +30,13 @@ from enum import StrEnum
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, false, or_, select, true
+from sqlalchemy import ColumnElement, Select, and_, exists, false, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from pacs.charset import search_key
 from storage.header import is_valid_uid
 from storage.models import Instance, Patient, Series, Study
+from storage.scope import EVERYTHING, Scope, visible_studies
 
 
 class Level(StrEnum):
@@ -197,6 +198,8 @@ class Query:
     fuzzy: bool = False
     limit: int | None = None
     offset: int = 0
+    # Whose query it is: only studies this scope may see match (storage.scope).
+    scope: Scope = EVERYTHING
 
 
 def resolve_keyword(name: str) -> str:
@@ -246,12 +249,20 @@ def build_statement(query: Query, keywords: Sequence[str]) -> Select[Any]:
     statement = _join_upwards(statement, query.level)
     for keyword, value in query.match.items():
         statement = statement.where(_condition(keyword, value, query))
+    if not query.scope.everything:
+        statement = statement.where(_visible(query))
     statement = statement.order_by(*_ORDER[query.level])
     if query.offset:
         statement = statement.offset(query.offset)
     if query.limit is not None:
         statement = statement.limit(query.limit)
     return statement
+
+
+def _visible(query: Query) -> ColumnElement[bool]:
+    if query.level is Level.PATIENT:  # a patient is visible through a visible study
+        return exists().where(Study.patient_pk == Patient.id, visible_studies(query.scope))
+    return visible_studies(query.scope)
 
 
 def _join_upwards(statement: Select[Any], level: Level) -> Select[Any]:

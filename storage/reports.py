@@ -30,6 +30,7 @@ from storage.header import is_valid_uid
 from storage.models import Instance, Patient, Report, Series, Study
 from storage.report_templates import TEMPLATES
 from storage.retrieve import as_utc
+from storage.scope import EVERYTHING, Scope, visible_studies
 
 MAX_TEXT = 20_000  # characters of findings, impression or free text
 MAX_FIELD = 2_000  # characters of one structured field
@@ -115,8 +116,12 @@ def create_draft(
     return get_report(session, report.id)
 
 
-def get_report(session: Session, report_id: int) -> ReportView:
-    row = session.execute(_views().where(Report.id == report_id)).first()
+def get_report(session: Session, report_id: int, scope: Scope = EVERYTHING) -> ReportView:
+    """One report; :class:`ReportNotFound` also when ``scope`` may not see its study."""
+    statement = _views().where(Report.id == report_id)
+    if not scope.everything:
+        statement = statement.where(visible_studies(scope))
+    row = session.execute(statement).first()
     if row is None:
         raise ReportNotFound(f"no report {report_id}")
     return _view(row)
@@ -233,9 +238,12 @@ def patient_reports(
     patient_id: str,
     issuer: str = "",
     statuses: tuple[ReportStatus, ...] | None = None,
+    scope: Scope = EVERYTHING,
 ) -> list[ReportView]:
-    """Every report on the patient's studies (identity is issuer + PatientID)."""
+    """Every report on the patient's studies that ``scope`` sees (identity: issuer + PatientID)."""
     statement = _views().where(Patient.patient_id == patient_id, Patient.issuer == issuer)
+    if not scope.everything:
+        statement = statement.where(visible_studies(scope))
     return _listed(session, statement, statuses)
 
 

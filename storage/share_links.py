@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from storage.header import is_valid_uid
 from storage.models import ShareLink, Study
 from storage.retrieve import as_utc
+from storage.scope import EVERYTHING, Scope, visible_studies
 
 MAX_FAILED_PINS = 5
 MAX_LIFETIME = timedelta(days=30)
@@ -110,8 +111,13 @@ def study_links(session: Session, study_uid: str) -> list[ShareLinkView]:
     return [_view(link, study_uid) for link in rows]
 
 
-def revoke_link(session: Session, link_id: int) -> ShareLinkView:
-    link = session.get(ShareLink, link_id)
+def revoke_link(session: Session, link_id: int, scope: Scope = EVERYTHING) -> ShareLinkView:
+    """Revoke a link; :class:`LinkUnknown` also when ``scope`` may not see its study."""
+    link = session.scalar(
+        select(ShareLink)
+        .join(Study, ShareLink.study_pk == Study.id)
+        .where(ShareLink.id == link_id, visible_studies(scope))
+    )
     if link is None:
         raise LinkUnknown(f"no share link {link_id}")
     if link.revoked_at is None:
@@ -120,9 +126,13 @@ def revoke_link(session: Session, link_id: int) -> ShareLinkView:
     return _view(link, link.study.study_instance_uid)
 
 
-def open_link(session: Session, token: str, pin: str = "") -> ShareLinkView:
+def open_link(
+    session: Session, token: str, pin: str = "", *, pin_verified: bool = False
+) -> ShareLinkView:
     """The link this token opens, if it still works and the PIN is right; counts the
-    use. The caller commits (a wrong PIN is counted, too)."""
+    use. The caller commits (a wrong PIN is counted, too). ``pin_verified``: the
+    caller checked this very PIN against this link moments ago (argon2 is slow on
+    purpose; a recipient scrolling a study would pay it on every slice)."""
     link = session.scalar(select(ShareLink).where(ShareLink.token_sha256 == _digest(token)))
     if link is None:
         raise LinkUnknown("no such share link")
@@ -130,7 +140,7 @@ def open_link(session: Session, token: str, pin: str = "") -> ShareLinkView:
     view = _view(link, study_uid)
     if not view.active:
         raise LinkGone("this share link has expired or was revoked")
-    if link.pin_hash and not _pin_matches(link.pin_hash, pin):
+    if link.pin_hash and not pin_verified and not _pin_matches(link.pin_hash, pin):
         failed = link.failed_pins + 1
         values: dict[str, object] = {"failed_pins": failed}
         if failed >= MAX_FAILED_PINS:

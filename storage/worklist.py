@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from storage.models import Study
 from storage.query import Level, Query, QueryError, build_statement
 from storage.reports import report_status
+from storage.scope import EVERYTHING, Scope
 
 # The QIDO keywords one worklist row is made of, in the order of WorklistRow's fields.
 _KEYWORDS = (
@@ -79,13 +80,17 @@ class WorklistRow:
 
 
 def worklist(
-    session: Session, wanted: WorklistFilter, limit: int, offset: int = 0
+    session: Session,
+    wanted: WorklistFilter,
+    limit: int,
+    offset: int = 0,
+    scope: Scope = EVERYTHING,
 ) -> tuple[list[WorklistRow], bool]:
-    """One page of matching studies, newest first, and whether more follow.
+    """One page of the studies ``scope`` sees that match, newest first, and whether more follow.
 
     Raises :class:`storage.query.QueryError` on a malformed criterion.
     """
-    query = Query(level=Level.STUDY, match=_match_keys(wanted), fuzzy=True)
+    query = Query(level=Level.STUDY, match=_match_keys(wanted), fuzzy=True, scope=scope)
     query.limit, query.offset = limit + 1, offset  # one more: is there a next page?
     statement = build_statement(query, _KEYWORDS).add_columns(
         Study.source_site, report_status(Study.id)

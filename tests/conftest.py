@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -96,22 +97,30 @@ class Server:
         self.data_dir = data_dir
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.dicom_tls_port = free_port()  # used when the test sets PACS_TLS_CERT/KEY_FILE
         self.env = {
             **os.environ,
             "PACS_DATA_DIR": str(data_dir),
             "PACS_DICOM_PORT": str(self.dicom_port),
             "PACS_HTTP_PORT": str(self.http_port),
+            "PACS_DICOM_TLS_PORT": str(self.dicom_tls_port),
             "PACS_ADMIN_PASSWORD": ADMIN_PASSWORD,
+            # Browser tests sign in more often than a person; tests/test_tokens.py
+            # checks the per-address limit itself.
+            "PACS_SIGN_IN_PER_MINUTE": "1000",
             **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir / "server.log"
+        # Set to a CA file when the server is given an HTTPS certificate.
+        self.tls_ca: Path | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls_ca else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 60) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -122,11 +131,14 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pacs serve exited:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                verify = ssl.create_default_context(cafile=self.tls_ca) if self.tls_ca else True
+                health = httpx.get(f"{self.base_url}/healthz", timeout=1, verify=verify)
+                if health.status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
+        self.kill()  # a server that never answered must not outlive the test
         raise RuntimeError(f"pacs serve did not start:\n{self.log.read_text()}")
 
     def kill(self) -> None:

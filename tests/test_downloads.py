@@ -16,8 +16,10 @@ from pydicom.fileset import FileSet
 
 from api.app import create_app
 from api.zip_stream import CHUNK, Member, zip_stream
+from pacs.dicomdir import plan_file_set
 from pacs.documents import DocumentInfo, archive_pdf
 from storage import Archive
+from storage.export import export_instances
 from storage.retrieve import find_instances
 from storage.users import Role, create_user
 from tests.conftest import SAMPLES, require_tool, run
@@ -31,7 +33,9 @@ MODALITY = ("ct-console", "modality-password")
 def client(archive: Archive) -> Iterator[TestClient]:
     with archive.sessions() as session:
         create_user(session, "doctor", "doctor-password", Role.RADIOLOGIST)
-        create_user(session, "referrer", "referrer-password", Role.REFERRING)
+        create_user(
+            session, "referrer", "referrer-password", Role.REFERRING, referring_name="Lê^Thị Mai"
+        )
         create_user(session, "ct-console", "modality-password", Role.MODALITY)
         session.commit()
     with TestClient(create_app(archive)) as test_client:
@@ -77,7 +81,8 @@ def test_a_study_downloads_as_a_file_set(
     assert "content-length" not in response.headers  # streamed, not built first
     export = tmp_path / "export"
     unpacked = unpack(response.content, export)
-    assert unpacked.namelist()[0] == "DICOMDIR"
+    # Last, so the files stream from the first byte; readers find it by name.
+    assert unpacked.namelist()[-1] == "DICOMDIR"
     assert all(i.compress_type == zipfile.ZIP_STORED for i in unpacked.infolist())
 
     file_set = FileSet(export / "DICOMDIR")
@@ -116,6 +121,34 @@ def test_a_series_downloads_alone(client: TestClient, archive: Archive, tmp_path
     file_set = FileSet(tmp_path / "export" / "DICOMDIR")
     assert {i.SOPInstanceUID for i in file_set} == set(ct)
     assert {i.SeriesInstanceUID for i in file_set} == {first.SeriesInstanceUID}
+
+
+def test_the_dicomdir_is_what_pydicom_would_write(archive: Archive) -> None:
+    """Records made without pydicom datasets (IMAGE) and the offsets between records
+    (PS3.3 F.3.2.2) come out as pydicom encodes and reads them."""
+    files = ingest(archive, "ct_chest")
+    study = str(dcmread(next(iter(files.values())), stop_before_pixels=True).StudyInstanceUID)
+    with archive.sessions() as session:
+        instances = export_instances(session, study)
+    plan, paths = plan_file_set(instances, lambda stored: archive.blobs.open(stored.blob_key))
+    assert len(set(paths.values())) == len(files)
+    dicomdir = plan.dicomdir()
+    assert dicomdir == plan.dicomdir()  # deterministic, UID included
+
+    ds = dcmread(io.BytesIO(dicomdir))
+    again = io.BytesIO()
+    ds.save_as(again, enforce_file_format=True)
+    assert again.getvalue() == dicomdir
+    records = {r.seq_item_tell: r for r in ds.DirectoryRecordSequence}
+    assert ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity in records
+    for record in records.values():
+        for offset in (
+            record.OffsetOfTheNextDirectoryRecord,
+            record.OffsetOfReferencedLowerLevelDirectoryEntity,
+        ):
+            assert offset == 0 or offset in records
+    images = [r for r in records.values() if r.DirectoryRecordType == "IMAGE"]
+    assert {r.ReferencedSOPInstanceUIDInFile: "/".join(r.ReferencedFileID) for r in images} == paths
 
 
 def test_downloads_refuse_bad_requests(client: TestClient, archive: Archive) -> None:

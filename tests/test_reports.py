@@ -68,7 +68,9 @@ def client(archive: Archive) -> Iterator[TestClient]:
     with archive.sessions() as session:
         create_user(session, "admin", "admin-password", Role.ADMIN)
         create_user(session, "doctor", "doctor-password", Role.RADIOLOGIST)
-        create_user(session, "referrer", "referrer-password", Role.REFERRING)
+        create_user(
+            session, "referrer", "referrer-password", Role.REFERRING, referring_name="Lê^Thị Mai"
+        )
         session.commit()
     with TestClient(create_app(archive)) as test_client:
         yield test_client
@@ -375,6 +377,59 @@ def test_the_worklist_shows_the_report_status(
     assert statuses() == {ct: "final", mr: None}
     client.post(f"/api/reports/{rid}/amend", auth=DOCTOR)
     assert statuses()[ct] == "draft"  # the amendment being written
+
+
+def pdf_text(response: httpx.Response, tmp_path: Path) -> str:
+    assert response.status_code == 200, response.text
+    path = tmp_path / "report.pdf"
+    path.write_bytes(response.content)
+    done = run([require_tool("pdftotext"), "-enc", "UTF-8", str(path), "-"])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_each_pdf_says_the_status_the_report_has_now(
+    client: TestClient, ct: str, tmp_path: Path
+) -> None:
+    rid = client.post(f"/api/studies/{ct}/reports", json={"findings": "v1"}, auth=DOCTOR).json()[
+        "id"
+    ]
+    client.post(f"/api/reports/{rid}/finalize", json={"signer": SIGNER}, auth=DOCTOR)
+    v1_signed = client.get(f"/api/reports/{rid}/pdf", auth=DOCTOR)
+    assert "Status: FINAL - signed" in pdf_text(v1_signed, tmp_path)
+    v2 = client.post(f"/api/reports/{rid}/amend", auth=DOCTOR).json()["id"]
+    client.patch(f"/api/reports/{v2}", json={"findings": "v2"}, auth=DOCTOR)
+    assert "Status: DRAFT" in pdf_text(client.get(f"/api/reports/{v2}/pdf", auth=DOCTOR), tmp_path)
+    # Until the amendment is signed, version 1 is still the final report, as archived.
+    again = client.get(f"/api/reports/{rid}/pdf", auth=DOCTOR)
+    assert again.content == v1_signed.content
+    client.post(f"/api/reports/{v2}/finalize", json={"signer": SIGNER}, auth=DOCTOR)
+
+    link = client.post(f"/api/studies/{ct}/share-links", json={}, auth=DOCTOR).json()["url"]
+    for superseded in (
+        client.get(f"/api/reports/{rid}/pdf", auth=DOCTOR),
+        client.get(f"{link}/reports/{rid}/pdf"),
+    ):
+        text = pdf_text(superseded, tmp_path)
+        assert "Status: AMENDED - replaced by version 2 of this report" in text
+        assert "FINAL" not in text
+        assert SIGNER in text  # it was signed, and says by whom
+        assert "v1" in text
+    for current in (
+        client.get(f"/api/reports/{v2}/pdf", auth=DOCTOR),
+        client.get(f"{link}/reports/{v2}/pdf"),
+    ):
+        text = pdf_text(current, tmp_path)
+        assert "Status: FINAL - signed, amends version 1" in text
+        assert "AMENDED" not in text and "v2" in text
+
+
+def test_the_templates_are_listed_with_their_fields(client: TestClient) -> None:
+    listed = client.get("/api/report-templates", auth=REFERRING).json()
+    assert listed["none"] == []
+    assert listed["ct-chest"][0] == {"key": "lungs", "label": "Lungs"}
+    assert set(listed) == {"none", "ct-head", "ct-chest", "mr-brain", "xa-coronary"}
+    assert client.get("/api/report-templates").status_code == 401
 
 
 def test_the_report_document_travels_over_dicom(server: Server, tmp_path: Path) -> None:

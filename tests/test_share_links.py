@@ -122,6 +122,16 @@ def test_revoked_expired_and_guessed_links_stop_working(
     right = client.get(str(guarded["url"]), headers={"X-Share-PIN": "123456"})
     assert right.status_code == 410  # five wrong PINs revoked it
 
+    # A right PIN is remembered (argon2 once, not per slice), the link's state is not.
+    remembered = share(client, ct, pin="2468")
+    for _ in range(2):
+        assert (
+            client.get(str(remembered["url"]), headers={"X-Share-PIN": "2468"}).status_code == 200
+        )
+    assert client.get(str(remembered["url"]), headers={"X-Share-PIN": "2469"}).status_code == 403
+    client.delete(f"/api/share-links/{remembered['id']}", auth=DOCTOR)
+    assert client.get(str(remembered["url"]), headers={"X-Share-PIN": "2468"}).status_code == 410
+
     assert client.get("/api/share/not-a-token").status_code == 401
     for bad in (
         {"pin": "12"},

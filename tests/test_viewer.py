@@ -123,14 +123,19 @@ class Watched:
             self.requests.append(request.url)
 
 
+def holding_token(context: BrowserContext, token: str, username: str) -> Watched:
+    """A page of ``context`` already signed in with ``token`` as ``username``."""
+    context.add_init_script(
+        f"sessionStorage.setItem('pacs.token', {token!r});"
+        f"sessionStorage.setItem('pacs.user', {username!r});"
+    )
+    return Watched(context.new_page())
+
+
 @pytest.fixture
 def signed_in(context: BrowserContext, server: Server, token: str) -> Watched:
     """A page already holding a token (the sign-in form has its own test)."""
-    context.add_init_script(
-        f"sessionStorage.setItem('pacs.token', {token!r});"
-        "sessionStorage.setItem('pacs.user', 'admin');"
-    )
-    return Watched(context.new_page())
+    return holding_token(context, token, "admin")
 
 
 def study_uid(server: Server, name: str) -> str:

@@ -16,7 +16,9 @@ from storage.users import Role
 
 DICOM_JSON = "application/dicom+json"
 Reader = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.RADIOLOGIST, Role.REFERRING))]
-Storer = Annotated[Principal, Depends(require_role(Role.ADMIN, Role.RADIOLOGIST, Role.MODALITY))]
+Storer = Annotated[
+    Principal, Depends(require_role(Role.ADMIN, Role.RADIOLOGIST, Role.MODALITY, storing=True))
+]
 
 _NUMERIC_VRS = {"IS", "US", "UL", "SS", "SL", "UV", "SV"}
 _FLOAT_VRS = {"DS", "FL", "FD"}

@@ -10,13 +10,14 @@ OHIF sends a fixed list.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from starlette.datastructures import QueryParams
 
 from api.audit import audited
-from api.dicomweb.common import DICOM_JSON, Reader, dataset_json, json_response, origin
+from api.auth import Principal, require_role
+from api.dicomweb.common import DICOM_JSON, dataset_json, json_response, origin
 from storage.header import is_valid_uid
 from storage.query import (
     DEFAULT_RETURN,
@@ -27,45 +28,58 @@ from storage.query import (
     returned_keywords,
     search,
 )
+from storage.scope import study_visibility
+from storage.users import Role
 
 router = APIRouter(dependencies=[Depends(audited("search"))])
+# The search itself is filtered by the caller's scope, so the study named in the path
+# is checked only when nothing matched (:func:`_search`): one query, not two.
+Searcher = Annotated[
+    Principal,
+    Depends(require_role(Role.ADMIN, Role.RADIOLOGIST, Role.REFERRING, study_gate=False)),
+]
 
-MAX_RESULTS = 1000  # per page, whatever the client asks for
 _CONTROL = {"limit", "offset", "fuzzymatching", "includefield"}
 _ACCEPTABLE = ("application/dicom+json", "application/json", "*/*", "application/*")
 
 
 @router.get("/studies")
-def search_studies(request: Request, _: Reader) -> Response:
-    return _search(request, Level.STUDY, {})
+def search_studies(request: Request, principal: Searcher) -> Response:
+    return _search(request, Level.STUDY, {}, principal)
 
 
 @router.get("/series")
-def search_all_series(request: Request, _: Reader) -> Response:
-    return _search(request, Level.SERIES, {})
+def search_all_series(request: Request, principal: Searcher) -> Response:
+    return _search(request, Level.SERIES, {}, principal)
 
 
 @router.get("/studies/{study}/series")
-def search_series(request: Request, study: str, _: Reader) -> Response:
-    return _search(request, Level.SERIES, {"StudyInstanceUID": study})
+def search_series(request: Request, study: str, principal: Searcher) -> Response:
+    return _search(request, Level.SERIES, {"StudyInstanceUID": study}, principal)
 
 
 @router.get("/instances")
-def search_all_instances(request: Request, _: Reader) -> Response:
-    return _search(request, Level.IMAGE, {})
+def search_all_instances(request: Request, principal: Searcher) -> Response:
+    return _search(request, Level.IMAGE, {}, principal)
 
 
 @router.get("/studies/{study}/instances")
-def search_study_instances(request: Request, study: str, _: Reader) -> Response:
-    return _search(request, Level.IMAGE, {"StudyInstanceUID": study})
+def search_study_instances(request: Request, study: str, principal: Searcher) -> Response:
+    return _search(request, Level.IMAGE, {"StudyInstanceUID": study}, principal)
 
 
 @router.get("/studies/{study}/series/{series}/instances")
-def search_series_instances(request: Request, study: str, series: str, _: Reader) -> Response:
-    return _search(request, Level.IMAGE, {"StudyInstanceUID": study, "SeriesInstanceUID": series})
+def search_series_instances(
+    request: Request, study: str, series: str, principal: Searcher
+) -> Response:
+    return _search(
+        request, Level.IMAGE, {"StudyInstanceUID": study, "SeriesInstanceUID": series}, principal
+    )
 
 
-def _search(request: Request, level: Level, scope: dict[str, str]) -> Response:
+def _search(
+    request: Request, level: Level, scope: dict[str, str], principal: Principal
+) -> Response:
     """Answer a search; ``scope`` holds the UIDs fixed by the path."""
     _check_accept(request)
     for keyword, uid in scope.items():
@@ -76,24 +90,29 @@ def _search(request: Request, level: Level, scope: dict[str, str]) -> Response:
     except QueryError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     query.match.update(scope)
+    query.scope = principal.scope
     # Across studies (or series), results carry the parents' attributes too (PS3.18 10.6.3.3).
     if level in (Level.SERIES, Level.IMAGE) and "StudyInstanceUID" not in scope:
         query.include.update(DEFAULT_RETURN[Level.STUDY])
     if level is Level.IMAGE and "SeriesInstanceUID" not in scope:
         query.include.update(DEFAULT_RETURN[Level.SERIES])
     requested = query.limit
-    query.limit = min(requested or MAX_RESULTS, MAX_RESULTS) + 1  # one more: are there more?
+    cap = request.app.state.settings.max_query_results  # per page, whatever is asked for
+    query.limit = min(requested or cap, cap) + 1  # one more: are there more?
     with request.app.state.archive.sessions() as session:
         try:
             rows = list(search(session, query))
         except QueryError as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+        study = scope.get("StudyInstanceUID")
+        if not rows and study and study_visibility(session, query.scope, study) is False:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such study")
     headers = {}
     if len(rows) == query.limit:
         rows.pop()
-        if requested is None or requested > MAX_RESULTS:
+        if requested is None or requested > cap:
             headers["Warning"] = (
-                f'299 pacs "The number of results exceeded the maximum of {MAX_RESULTS}; '
+                f'299 pacs "The number of results exceeded the maximum of {cap}; '
                 'use limit and offset to page"'
             )
     base = origin(request) + "/dicomweb"
@@ -134,8 +153,9 @@ def _non_negative(params: QueryParams, name: str) -> int | None:
     value = params.get(name)
     if value is None or value == "":
         return None
-    if not value.isdigit():
-        raise QueryError(f"{name} must be a non-negative integer, not {value!r}")
+    # ASCII digits only ("²".isdigit() is true), and few enough for a database integer.
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+        raise QueryError(f"{name} must be an integer from 0 to 999999999, not {value[:40]!r}")
     return int(value)
 
 

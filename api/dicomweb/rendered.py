@@ -572,7 +572,8 @@ def parse_size(text: str, name: str, value: str) -> int | None:
     text = text.strip()
     if text == "":
         return None
-    if not text.isdigit() or len(text) > 9 or int(text) == 0:
+    # isascii: "²".isdigit() is true, and int() refuses it.
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) == 0:
         raise bad(name, value, "sizes are whole numbers of pixels, greater than 0")
     return min(int(text), MAX_VIEWPORT)
 
@@ -597,7 +598,11 @@ def parse_viewport(
         text = part.strip()
         if text.startswith("-"):
             raise bad("viewport", value, "flipping (a negative sw or sh) is not supported")
-        if not text.isdigit() or len(text) > 9 or (index >= 2 and int(text) == 0):
+        if (
+            not (text.isascii() and text.isdigit())
+            or len(text) > 9
+            or (index >= 2 and int(text) == 0)
+        ):
             raise bad("viewport", value, "sx,sy,sw,sh are whole pixels, sw and sh > 0")
         rect.append(int(text))
     return viewport, (rect[0], rect[1], rect[2], rect[3])
@@ -607,7 +612,7 @@ def parse_quality(value: str | None, name: str) -> int | None:
     if value is None:
         return None
     text = value.strip()
-    if not text.isdigit() or not 1 <= int(text) <= 100:
+    if not (text.isascii() and text.isdigit()) or len(text) > 3 or not 1 <= int(text) <= 100:
         raise bad(name, value, "a whole number from 1 to 100")
     return int(text)
 

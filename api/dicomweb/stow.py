@@ -58,7 +58,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(audited("store"))])
 
 DICOM = "application/dicom"
-SOURCE = Source(ae_title="STOW")
 MAX_PARTS = 50_000  # per request; bounds the response as the byte limit bounds the body
 IN_FLIGHT = 4  # parts being ingested while the next one is read
 FLUSH_BYTES = 1024 * 1024  # write staged parts in pieces this big, off the event loop
@@ -79,17 +78,17 @@ _BODY = {
 
 
 @router.post("/studies", openapi_extra=_BODY)
-async def store_instances(request: Request, _: Storer) -> Response:
+async def store_instances(request: Request, principal: Storer) -> Response:
     """Store the instances in the body, whatever their studies."""
-    return await _store(request, None)
+    return await _store(request, None, principal.site)
 
 
 @router.post("/studies/{study}", openapi_extra=_BODY)
-async def store_study_instances(request: Request, study: str, _: Storer) -> Response:
+async def store_study_instances(request: Request, study: str, principal: Storer) -> Response:
     """Store the instances in the body; an instance of another study fails (A900)."""
     if not is_valid_uid(study):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"StudyInstanceUID {study!r} is not a UID")
-    return await _store(request, study)
+    return await _store(request, study, principal.site)
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,8 @@ class PartResult:
         return self.failure is None
 
 
-async def _store(request: Request, study: str | None) -> Response:
+async def _store(request: Request, study: str | None, site: str) -> Response:
+    """Store the body's instances; they belong to ``site`` (the caller's)."""
     settings: Settings = request.app.state.settings
     boundary = _check_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length", "")
@@ -125,7 +125,8 @@ async def _store(request: Request, study: str | None) -> Response:
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"the body of {declared} bytes is over the limit of {settings.max_upload_bytes} bytes",
         )
-    upload = _Upload(request.app.state.archive, settings, boundary, study)
+    source = Source(ae_title="STOW", site=site)
+    upload = _Upload(request.app.state.archive, settings, boundary, study, source)
     await upload.receive(request)
     if upload.disconnected:  # nobody to answer; what was complete is stored
         log.warning("STOW client went away after %d parts", upload.parser.parts)
@@ -215,9 +216,12 @@ class _StagedPart:
 class _Upload:
     """One STOW request: parse, stage, ingest, and remember what became of each part."""
 
-    def __init__(self, archive: Archive, settings: Settings, boundary: str, study: str | None):
+    def __init__(
+        self, archive: Archive, settings: Settings, boundary: str, study: str | None, source: Source
+    ):
         self.archive = archive
         self.study = study
+        self.source = source
         self.max_part = settings.max_upload_part_bytes
         self.max_body = settings.max_upload_bytes
         self.parser = MultipartParser(boundary)
@@ -368,7 +372,7 @@ class _Upload:
                         dicom_status.DATASET_MISMATCH,
                         reason=f"instance of study {uids.study or '(none)'}, not {self.study}",
                     )
-            result = self.archive.ingest(path, SOURCE, move=True)
+            result = self.archive.ingest(path, self.source, move=True)
             return self._part_result(number, uids or Uids(), result)
         except Exception:  # one broken part must not lose the others' answers
             log.exception("STOW part %d", number)

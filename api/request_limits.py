@@ -1,0 +1,105 @@
+"""Size limits on what a request may send, checked before a route sees it.
+
+- The URL (path and query) at most :data:`MAX_URL_BYTES`: 414 URI Too Long
+  (RFC 9110 §15.5.15). QIDO queries are short; a longer one is an attack or a bug.
+- All header lines together at most :data:`MAX_HEADER_BYTES`: 431 Request Header
+  Fields Too Large (RFC 6585 §5).
+- A request body at most ``max_body`` bytes (the ``max_request_body_bytes`` setting):
+  413 Content Too Large (RFC 9110 §15.5.14), at once when Content-Length says so,
+  else as soon as the bytes read pass it (chunked bodies). STOW-RS
+  (``POST /dicomweb/studies[/{study}]``) is exempt: it streams to disk under its own
+  ``max_upload_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi import HTTPException, status
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+MAX_URL_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
+_STOW = re.compile(r"^/dicomweb/studies(/[^/]+)?/?$")
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when the body passes the limit; FastAPI lets an
+    HTTPException from body reading through, so the client gets the 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            status.HTTP_413_CONTENT_TOO_LARGE,
+            f"the request body is over the limit of {limit} bytes",
+        )
+
+
+class RequestLimits:
+    """ASGI middleware enforcing the limits above."""
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        url_bytes = len(scope.get("raw_path") or scope["path"].encode()) + len(
+            scope.get("query_string", b"")
+        )
+        if url_bytes > MAX_URL_BYTES:
+            await _refuse(send, 414, f"the URL is over the limit of {MAX_URL_BYTES} bytes")
+            return
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        if sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEADER_BYTES:
+            await _refuse(send, 431, f"the headers are over the limit of {MAX_HEADER_BYTES} bytes")
+            return
+        if scope["method"] == "POST" and _STOW.match(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(headers).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await _refuse(send, 413, BodyTooLarge(self.max_body).detail)
+            return
+
+        seen = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except BodyTooLarge as exc:  # read by something other than a FastAPI route
+            if started:
+                raise
+            await _refuse(send, 413, exc.detail)
+
+
+async def _refuse(send: Send, code: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
