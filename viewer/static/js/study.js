@@ -86,7 +86,8 @@ class StudyView {
         modalities: this.series.map((s) => s.modality),
         words: [this.study.description, ...series.map((ds) => dicom.text(ds, "BodyPartExamined"))],
       });
-      if (this.series.length) await this.show(this.viewports[0], this.series[0]);
+      const first = this.series.find((s) => !NOT_IMAGES.has(s.modality));
+      if (first) await this.show(this.viewports[0], first);
       this.reportPanel.load();
       this.thumbnails();
     } catch (error) {
@@ -207,7 +208,8 @@ class StudyView {
         className: "series-card",
         dataset: { series: series.uid },
         title: series.description,
-        onClick: () => this.show(this.active, series),
+        // A signed report's PDF (DOC) and the like have nothing to draw: open the report panel.
+        onClick: () => (NOT_IMAGES.has(series.modality) ? this.openReport() : this.show(this.active, series)),
       },
       img,
       el(
@@ -388,6 +390,11 @@ class StudyView {
   toggleReport() {
     reportShown = !reportShown;
     this.showReport(reportShown);
+  }
+
+  openReport() {
+    reportShown = true;
+    this.showReport(true);
   }
 
   showReport(on) {
