@@ -4,11 +4,12 @@ the last member of the download, so the instances stream from the first byte.
 :class:`FileSetPlan` places each instance as it is given (viewing order): it names
 its file (``PT000000/ST000000/SE000000/IM000000``, File IDs of at most 8
 components of 8 characters, PS3.10 §8.2, numbered like ``pydicom.fileset``) and
-keeps its directory records, already encoded (about 200 bytes each). Images are described from the index; the PATIENT,
-STUDY and SERIES records (and the leaf record type of a SOP Class) come from
-pydicom's record definitions once per series, each further image only adds its
-small IMAGE record, encoded directly (byte for byte what pydicom writes, and
-a thousand times cheaper than building its dataset). Other instances (documents, SR, presentation states...) are
+keeps its directory records, already encoded (about 200 bytes each). Images are
+described from the index; the PATIENT, STUDY and SERIES records (and the leaf
+record type of a SOP Class) come from pydicom's record definitions once per
+series, each further image only adds its small IMAGE record, encoded directly
+(byte for byte what pydicom writes, and a thousand times cheaper than building
+its dataset). Other instances (documents, SR, presentation states...) are
 described from their header, never their pixels. :meth:`FileSetPlan.dicomdir`
 then encodes the DICOMDIR (PS3.3 F.3: Explicit VR Little Endian, each record's
 offsets counted from the first byte of the file) in one pass over the records.
