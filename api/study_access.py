@@ -8,7 +8,6 @@ a grant by itself (``reason: forwarded``). See :mod:`storage.scope`.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -17,7 +16,7 @@ from pydantic import BaseModel, Field
 from api.audit import audited
 from api.auth import Principal, memory, require_role
 from api.params import RowId
-from storage.scope import GrantError, NoSuchStudy, Reason, grant, grants, revoke
+from storage.scope import Grant, GrantError, NoSuchStudy, Reason, grant, grants, revoke
 from storage.users import Role
 
 router = APIRouter(prefix="/api", tags=["study access"])
@@ -31,19 +30,10 @@ class GrantIn(BaseModel):
     username: str = Field("", max_length=64)
 
 
-class GrantOut(BaseModel):
-    id: int
-    study_instance_uid: str
-    site: str
-    username: str
-    reason: str
-    created_at: datetime
-
-
 @router.get("/studies/{study}/access", dependencies=[Depends(audited("access-list"))])
-def list_grants(request: Request, study: str, _: Sharer) -> list[GrantOut]:
+def list_grants(request: Request, study: str, _: Sharer) -> list[Grant]:
     with request.app.state.archive.sessions() as session:
-        return [GrantOut(**vars(g)) for g in grants(session, study)]
+        return grants(session, study)  # storage's rows, as they are
 
 
 @router.post(
@@ -51,7 +41,7 @@ def list_grants(request: Request, study: str, _: Sharer) -> list[GrantOut]:
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(audited("access-grant"))],
 )
-def add_grant(request: Request, study: str, body: GrantIn, _: Sharer) -> GrantOut:
+def add_grant(request: Request, study: str, body: GrantIn, _: Sharer) -> Grant:
     """Share the study with ``site`` or ``username``; granting twice changes nothing."""
     with request.app.state.archive.sessions() as session:
         try:
@@ -63,7 +53,7 @@ def add_grant(request: Request, study: str, body: GrantIn, _: Sharer) -> GrantOu
         except GrantError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
         session.commit()
-    return GrantOut(**vars(added))
+    return added
 
 
 @router.delete(

@@ -266,3 +266,24 @@ def test_the_other_site_finds_nothing_of_the_home_study(world: World) -> None:
         "/api/patients/BN0001/reports", auth=auth, params={"issuer": world.ids["issuer"]}
     )
     assert got.status_code == 200 and got.json() == []
+
+
+def test_sharing_with_another_site_over_http_and_withdrawing_it(world: World) -> None:
+    study, other = world.ids["study"], ("other-site", PASSWORD)
+    series = f"/dicomweb/studies/{study}/series"
+    assert world.client.get(series, auth=other).status_code == 404
+    given = world.client.post(
+        f"/api/studies/{study}/access", json={"site": OTHER}, auth=(RAD.value, PASSWORD)
+    )
+    assert given.status_code == 201, given.text
+    assert given.json()["site"] == OTHER and given.json()["reason"] == "shared"
+    assert world.client.get(series, auth=other).status_code == 200
+    assert world.client.get(f"/api/studies/{study}/download", auth=other).status_code == 200
+    listed = world.client.get(f"/api/studies/{study}/access", auth=other).json()
+    assert OTHER in {g["site"] for g in listed}
+    gone = world.client.delete(
+        f"/api/studies/{study}/access/{given.json()['id']}", auth=(ADMIN.value, PASSWORD)
+    )
+    assert gone.status_code == 204
+    assert world.client.get(series, auth=other).status_code == 404
+    assert world.client.get(f"/api/studies/{study}/download", auth=other).status_code == 404
