@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -287,3 +288,26 @@ def test_sharing_with_another_site_over_http_and_withdrawing_it(world: World) ->
     assert gone.status_code == 204
     assert world.client.get(series, auth=other).status_code == 404
     assert world.client.get(f"/api/studies/{study}/download", auth=other).status_code == 404
+
+
+def stow_body(path: Path, boundary: str = "authz-boundary") -> tuple[bytes, dict[str, str]]:
+    part = path.read_bytes()
+    body = (
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + part
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return body, {"Content-Type": content_type, "Accept": "application/dicom+json"}
+
+
+def test_a_modality_stores_into_its_own_sites_studies_only(world: World) -> None:
+    modality = (MOD.value, PASSWORD)
+    body, headers = stow_body(next((SAMPLES / "mr_brain").rglob("*.dcm")))  # the other site's
+    refused = world.client.post("/dicomweb/studies", content=body, headers=headers, auth=modality)
+    assert refused.status_code == 409, refused.text
+    failed = refused.json()["00081198"]["Value"][0]  # FailedSOPSequence
+    assert failed["00081197"]["Value"] == [0x0124]  # FailureReason: Refused: Not Authorized
+    body, headers = stow_body(next((SAMPLES / "ct_chest").rglob("*.dcm")))  # its own site's
+    stored = world.client.post("/dicomweb/studies", content=body, headers=headers, auth=modality)
+    assert stored.status_code == 200, stored.text

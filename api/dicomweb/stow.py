@@ -38,6 +38,7 @@ from pydicom import dcmread
 from starlette.requests import ClientDisconnect
 
 from api.audit import audited
+from api.auth import Principal
 from api.dicomweb.common import Storer, json_response, origin
 from api.dicomweb.multipart import (
     MultipartError,
@@ -53,6 +54,7 @@ from pacs.settings import Settings
 from storage import Archive, IngestResult, Outcome, Source
 from storage.header import is_valid_uid
 from storage.index import find_instance
+from storage.scope import EVERYTHING, study_visibility
 
 log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(audited("store"))])
@@ -80,7 +82,7 @@ _BODY = {
 @router.post("/studies", openapi_extra=_BODY)
 async def store_instances(request: Request, principal: Storer) -> Response:
     """Store the instances in the body, whatever their studies."""
-    return await _store(request, None, principal.site)
+    return await _store(request, None, principal)
 
 
 @router.post("/studies/{study}", openapi_extra=_BODY)
@@ -88,7 +90,7 @@ async def store_study_instances(request: Request, study: str, principal: Storer)
     """Store the instances in the body; an instance of another study fails (A900)."""
     if not is_valid_uid(study):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"StudyInstanceUID {study!r} is not a UID")
-    return await _store(request, study, principal.site)
+    return await _store(request, study, principal)
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,8 @@ class PartResult:
         return self.failure is None
 
 
-async def _store(request: Request, study: str | None, site: str) -> Response:
-    """Store the body's instances; they belong to ``site`` (the caller's)."""
+async def _store(request: Request, study: str | None, principal: Principal) -> Response:
+    """Store the body's instances; they belong to the caller's site."""
     settings: Settings = request.app.state.settings
     boundary = _check_content_type(request.headers.get("content-type"))
     declared = request.headers.get("content-length", "")
@@ -125,8 +127,9 @@ async def _store(request: Request, study: str | None, site: str) -> Response:
             status.HTTP_413_CONTENT_TOO_LARGE,
             f"the body of {declared} bytes is over the limit of {settings.max_upload_bytes} bytes",
         )
-    source = Source(ae_title="STOW", site=site)
+    source = Source(ae_title="STOW", site=principal.site)
     upload = _Upload(request.app.state.archive, settings, boundary, study, source)
+    upload.scope = principal.storing_scope
     await upload.receive(request)
     if upload.disconnected:  # nobody to answer; what was complete is stored
         log.warning("STOW client went away after %d parts", upload.parser.parts)
@@ -222,6 +225,7 @@ class _Upload:
         self.archive = archive
         self.study = study
         self.source = source
+        self.scope = EVERYTHING  # the studies the caller may add to
         self.max_part = settings.max_upload_part_bytes
         self.max_body = settings.max_upload_bytes
         self.parser = MultipartParser(boundary)
@@ -372,6 +376,13 @@ class _Upload:
                         dicom_status.DATASET_MISMATCH,
                         reason=f"instance of study {uids.study or '(none)'}, not {self.study}",
                     )
+            if uids is not None and not self._may_add_to(uids.study):
+                return PartResult(
+                    number,
+                    uids,
+                    dicom_status.NOT_AUTHORIZED,
+                    reason="its study belongs to a site you may not store into",
+                )
             result = self.archive.ingest(path, self.source, move=True)
             return self._part_result(number, uids or Uids(), result)
         except Exception:  # one broken part must not lose the others' answers
@@ -381,6 +392,13 @@ class _Upload:
             )
         finally:
             path.unlink(missing_ok=True)
+
+    def _may_add_to(self, study: str) -> bool:
+        """A new study, or one of the caller's sites (the route checked one in its path)."""
+        if self.scope.everything or not study or study == self.study:
+            return True
+        with self.archive.sessions() as session:
+            return study_visibility(session, self.scope, study) is not False
 
     def _part_result(self, number: int, uids: Uids, result: IngestResult) -> PartResult:
         uids = Uids(
