@@ -12,11 +12,12 @@ parameter and JSON field, today's and future routes' alike:
 
 from __future__ import annotations
 
-import json
 import re
 
 from fastapi import HTTPException, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.request_limits import refuse
 
 # An escaped NUL: "\u0000" after an even run of backslashes (an odd one would make
 # the first backslash of it part of an escaped "\\", followed by plain "u0000").
@@ -43,7 +44,7 @@ class RefuseNulBytes:
             return
         query: bytes = scope.get("query_string", b"")
         if "\x00" in scope["path"] or b"\x00" in query or b"%00" in query:
-            await _refuse(send, "a NUL byte (%00) is not allowed in the URL")
+            await refuse(send, 400, "a NUL byte (%00) is not allowed in the URL", close=False)
             return
         if not _is_json(scope):
             await self.app(scope, receive, send)
@@ -71,7 +72,7 @@ class RefuseNulBytes:
         except NulInBody as exc:  # read by something other than a FastAPI route
             if started:
                 raise
-            await _refuse(send, exc.detail)
+            await refuse(send, 400, exc.detail, close=False)
 
 
 def _is_json(scope: Scope) -> bool:
@@ -80,18 +81,3 @@ def _is_json(scope: Scope) -> bool:
             media = value.split(b";")[0].strip().lower()
             return media == b"application/json" or media.endswith(b"+json")
     return False
-
-
-async def _refuse(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 400,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

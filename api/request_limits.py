@@ -50,18 +50,18 @@ class RequestLimits:
             scope.get("query_string", b"")
         )
         if url_bytes > MAX_URL_BYTES:
-            await _refuse(send, 414, f"the URL is over the limit of {MAX_URL_BYTES} bytes")
+            await refuse(send, 414, f"the URL is over the limit of {MAX_URL_BYTES} bytes")
             return
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         if sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEADER_BYTES:
-            await _refuse(send, 431, f"the headers are over the limit of {MAX_HEADER_BYTES} bytes")
+            await refuse(send, 431, f"the headers are over the limit of {MAX_HEADER_BYTES} bytes")
             return
         if scope["method"] == "POST" and _STOW.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         declared = dict(headers).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
-            await _refuse(send, 413, BodyTooLarge(self.max_body).detail)
+            await refuse(send, 413, BodyTooLarge(self.max_body).detail)
             return
 
         seen = 0
@@ -86,20 +86,17 @@ class RequestLimits:
         except BodyTooLarge as exc:  # read by something other than a FastAPI route
             if started:
                 raise
-            await _refuse(send, 413, exc.detail)
+            await refuse(send, 413, exc.detail)
 
 
-async def _refuse(send: Send, code: int, detail: str) -> None:
+async def refuse(send: Send, code: int, detail: str, *, close: bool = True) -> None:
+    """Answer ``{"detail": ...}`` with ``code`` from ASGI middleware, before any route.
+
+    ``close``: the rest of the request is not read, so the connection cannot be reused.
+    """
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": code,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
