@@ -6,6 +6,7 @@ machine against a shared index and blob store.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -45,8 +46,9 @@ def serve(settings: Settings, only: Only = None) -> None:
     if forwarder is not None:
         forwarder.start()
     try:
-        if only in (None, "http"):
-            app = create_app(archive, settings)
+        app = create_app(archive, settings) if only in (None, "http") else None
+        _freeze_startup_objects()
+        if app is not None:
             # uvicorn shuts down on SIGTERM, then raises it again: with the default
             # handler that would end the process before the clean-up below.
             signal.signal(signal.SIGTERM, _exit)
@@ -67,6 +69,18 @@ def serve(settings: Settings, only: Only = None) -> None:
             forwarder.stop()
         for listener in dicom:
             listener.shutdown()
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up built (modules, DICOM dictionaries, SQLAlchemy mappers:
+    ~200,000 objects) out of the cyclic garbage collector's full collections.
+
+    Otherwise every full collection walks all of them: ~100 ms with the process
+    stopped, often enough to land in the 95th percentile of a QIDO request or in
+    the middle of a C-STORE. They live as long as the process anyway.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _exit(signum: int, _frame: object) -> None:

@@ -75,7 +75,17 @@ class Patient(Base):
 class Study(Base):
     __tablename__ = "studies"
     __table_args__ = (
-        Index("ix_studies_date_time", "study_date", "study_time"),
+        # Newest-first study lists walk this index; with the site and the patient in
+        # it, a study the caller may not see or whose patient does not match is
+        # passed over without reading its row (migration 0007).
+        Index(
+            "ix_studies_date_time",
+            "study_date",
+            "study_time",
+            "id",
+            "source_site",
+            "patient_pk",
+        ),
         Index(
             "ix_studies_referring_physician_name_key",
             "referring_physician_name_key",
@@ -220,7 +230,8 @@ class StudyAccess(Base):
 
     __tablename__ = "study_access"
     __table_args__ = (
-        Index("ix_study_access_site", "site", "study_pk"),
+        # user_pk in the key: site grants are "user_pk IS NULL", read from the index alone.
+        Index("ix_study_access_site", "site", "user_pk", "study_pk"),
         Index("ix_study_access_user", "user_pk", "study_pk"),
     )
 

@@ -1,0 +1,103 @@
+"""Person-name prefixes are searched from the name index when few names match
+(storage.query._few_names), by walking the date order otherwise: same answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from storage import Archive, query
+from storage.models import Patient, Study
+from storage.query import Level, Query, search
+from tests.conftest import fresh_database_url, migrated_archive
+
+# 60 Nguyễn, 6 Đặng, 3 Lý: a common prefix and rare ones, over 69 studies a day apart.
+FAMILIES = {"nguyen": 60, "dang": 6, "ly": 3}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def archive(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Archive]:
+    folder = tmp_path_factory.mktemp("names")
+    arch = migrated_archive(fresh_database_url(request, folder), folder)
+    with arch.sessions() as session:
+        _fill(session)
+        session.commit()
+    yield arch
+    arch.sessions.kw["bind"].dispose()
+
+
+def _fill(session: Session) -> None:
+    now = datetime.now(UTC)
+    day = 0
+    for family, count in FAMILIES.items():
+        for number in range(count):
+            day += 1
+            name = f"{family}^van {number}"
+            patient = Patient(patient_id=f"{family}-{number}", patient_name=name)
+            patient.patient_name_key = name
+            session.add(patient)
+            session.flush()
+            session.add(
+                Study(
+                    patient_pk=patient.id,
+                    study_instance_uid=f"1.2.3.{day}",
+                    study_date=f"2026{1 + day // 28:02d}{1 + day % 28:02d}",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+
+
+def _found(archive: Archive, value: str, limit: int = 101) -> list[str]:
+    ask = _asking(value)
+    ask.limit = limit
+    with archive.sessions() as session:
+        return [row["StudyInstanceUID"] for row in search(session, ask)]
+
+
+@pytest.mark.parametrize("few_names", [0, 500])
+@pytest.mark.parametrize(("value", "expected"), [("ngu*", 60), ("Đặ*", 6), ("ly*", 3), ("x*", 0)])
+def test_a_name_prefix_finds_the_same_studies_either_way(
+    archive: Archive,
+    monkeypatch: pytest.MonkeyPatch,
+    few_names: int,
+    value: str,
+    expected: int,
+) -> None:
+    monkeypatch.setattr(query, "_FEW_NAMES", few_names)  # 0: always walk the dates
+    found = _found(archive, value)
+    assert len(found) == expected
+    newest_first = sorted(found, key=lambda uid: int(uid.rsplit(".", 1)[1]), reverse=True)
+    assert found == newest_first
+    assert _found(archive, value, limit=2) == found[:2]
+
+
+def test_only_a_rare_prefix_is_searched_from_the_name_index(
+    archive: Archive, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(query, "_FEW_NAMES", 10)  # Lý (3) is rare here, Nguyễn (60) is not
+    plans = {}
+    with archive.sessions() as session:
+        if session.get_bind().dialect.name != "sqlite":
+            assert query._few_names(session, _asking("ly*")) == []  # PostgreSQL plans LIKE
+            return
+        for value in ("ly*", "ngu*"):
+            ask = _asking(value)
+            statement = query.build_statement(ask, query.returned_keywords(ask))
+            statement = statement.where(*query._few_names(session, ask))
+            sql = statement.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+            plan = session.execute(text(f"EXPLAIN QUERY PLAN {sql}")).all()
+            plans[value] = " | ".join(str(row[-1]) for row in plan)
+    assert "ix_patients_patient_name_key" in plans["ly*"]
+    assert "ix_patients_patient_name_key" not in plans["ngu*"]
+    assert "ix_studies_date_time" in plans["ngu*"]
+
+
+def _asking(value: str) -> Query:
+    return Query(Level.STUDY, match={"PatientName": value}, limit=101)
