@@ -177,8 +177,6 @@ class Archive:
         )
         with self._locks[hash(uid) % len(self._locks)]:
             key = blob_key(uid)
-            # The pending marker (a new inode, ~0.4 ms) is made by a worker meanwhile.
-            marking = self._flusher.submit(self.blobs.mark_pending, key)
             try:
                 with self._engine.connect() as conn:
                     existing_sha = stored_sha256(conn, uid)
@@ -190,16 +188,13 @@ class Archive:
                     return _rejected(Problem.OUT_OF_RESOURCES, f"cannot stage file: {exc}", source)
                 try:
                     stored = _stored_columns(key, header, sha256, source.ae_title)
-                    staging = _Staging(staged, flushing, marking)
+                    staging = _Staging(staged, flushing)
                     return self._write(record, staging, stored, existing_sha, source, result)
                 finally:
                     staged.unlink(missing_ok=True)
             except (BlobStoreError, OperationalError) as exc:
                 log.error("cannot store %s: %s", uid, exc)
                 return _rejected(Problem.OUT_OF_RESOURCES, f"cannot store: {exc}", source)
-            finally:
-                marking.exception()  # made (or failed) before it goes
-                self.blobs.unmark_pending(key)
 
     def _flush_received(self, path: Path) -> Future[None]:
         """fsync ``path`` in a worker; opened here, so the worker still reaches the
@@ -263,10 +258,10 @@ class Archive:
         # index write (about a millisecond) no longer waits for the disk. A process
         # killed at any point leaves the whole file in the page cache; a pending
         # marker covers one killed between placing the blob and committing its row
-        # (recover_pending() indexes it on restart; the caller removes the marker
-        # after the commit). The database's write lock is never held across a disk
-        # flush.
-        staging.marking.result()
+        # (recover_pending() indexes it on restart). The database's write lock is
+        # never held across a disk flush. (Making the marker in a worker too saved
+        # nothing: bench/ingest.py, 4 interleaved rounds each.)
+        self.blobs.mark_pending(key)
         self.blobs.place(key, staging.path, flushed=True)
         settling = self._flusher.submit(self.blobs.settle, key)
         try:
@@ -276,6 +271,8 @@ class Archive:
             if existing_sha is None:
                 self.blobs.delete(key)
             raise
+        finally:
+            self.blobs.unmark_pending(key)
         # A failure here leaves blob and row, consistent; the instance is not acknowledged.
         _durable(key, staging.flushing)
         settling.result()
@@ -334,12 +331,11 @@ class Archive:
 
 @dataclass(frozen=True)
 class _Staging:
-    """A staged file on its way into the store: its flush to disk (``None`` once
-    flushed) and its pending marker, both under way in workers."""
+    """A staged file on its way into the store and its flush to disk, under way in
+    a worker (``None``: flushed when it was staged)."""
 
     path: Path
     flushing: Future[None] | None
-    marking: Future[None]
 
 
 def _sha256(path: Path) -> str:
