@@ -38,7 +38,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from servers import free_port, nodelay_env
 
 from pacs.listener import LeanStorage, start_server
-from pacs.store_scp import Caller, OpenStore, Stored, StoreHandler
+from pacs.store_scp import Caller, OpenStore, Received, Stored, StoreHandler
 from storage import Archive, Source, open_archive
 from storage.blobs import staging_tempdir
 from storage.database import upgrade
@@ -54,8 +54,8 @@ def _null_pynetdicom(event: evt.Event) -> int:
 
 
 def _null_lean(caller: Caller) -> StoreHandler:
-    def store(sop_class: str, sop_instance: str, path: Path, error: OSError | None) -> Stored:
-        path.unlink(missing_ok=True)
+    def store(received: Received) -> Stored:
+        received.path.unlink(missing_ok=True)
         return Stored(0x0000)
 
     return store
@@ -67,8 +67,9 @@ def _archiving(archive: Archive) -> tuple[Callable[[evt.Event], int], OpenStore]
         return 0x0000 if result.problem is None else 0xC000
 
     def lean_store(caller: Caller) -> StoreHandler:
-        def store(sop_class: str, sop_instance: str, path: Path, error: OSError | None) -> Stored:
-            result = archive.ingest(path, Source(ae_title=caller.ae_title), move=True)
+        def store(received: Received) -> Stored:
+            source = Source(ae_title=caller.ae_title)
+            result = archive.ingest(received.path, source, move=True, sha256=received.sha256)
             return Stored(0x0000 if result.problem is None else 0xC000)
 
         return store

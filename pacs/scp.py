@@ -40,7 +40,7 @@ from pacs.listener import LeanStorage, start_server
 from pacs.move import GET_MODELS, MOVE_MODELS, install, plan_retrieve
 from pacs.scu import disable_nagle
 from pacs.settings import Settings
-from pacs.store_scp import Caller, OpenStore, Stored, StoreHandler
+from pacs.store_scp import Caller, OpenStore, Received, Stored, StoreHandler
 from pacs.tls_server import server_context, tls_listener_enabled
 from storage import Archive, IngestResult, Outcome, Problem, Source
 from storage.blobs import staging_tempdir
@@ -203,12 +203,15 @@ def _lean_store(archive: Archive, access: Access) -> OpenStore:
         node = access.lookup(caller.ae_title, caller.address)
         refused = access.refusal_for(node, caller.ae_title, Right.STORE)
 
-        def store(sop_class: str, sop_instance: str, path: Path, failed: OSError | None) -> Stored:
+        def store(received: Received) -> Stored:
             if refused is not None:
-                path.unlink(missing_ok=True)
+                received.path.unlink(missing_ok=True)
                 return Stored(NOT_AUTHORIZED, refused)
-            source = Source(caller.ae_title, _site(node), sop_instance, sop_class)
-            return store_status(store_received(archive, source, path, failed))
+            uids = received.sop_instance_uid, received.sop_class_uid
+            source = Source(caller.ae_title, _site(node), *uids)
+            return store_status(
+                store_received(archive, source, received.path, received.error, received.sha256)
+            )
 
         return store
 
@@ -216,11 +219,12 @@ def _lean_store(archive: Archive, access: Access) -> OpenStore:
 
 
 def store_received(
-    archive: Archive, source: Source, path: Path, failed: OSError | None
+    archive: Archive, source: Source, path: Path, failed: OSError | None, sha256: str | None = None
 ) -> IngestResult:
-    """Ingest a received data set, or reject it when writing it to disk failed."""
+    """Ingest a received data set (``sha256`` of the file if hashed while written),
+    or reject it when writing it to disk failed."""
     if failed is None:
-        return archive.ingest(path, source, move=True)
+        return archive.ingest(path, source, move=True, sha256=sha256)
     path.unlink(missing_ok=True)
     uid = source.sop_instance_uid or ""
     log.error("cannot receive %s: %s", uid, failed)

@@ -131,17 +131,23 @@ class Archive:
             return session.scalar(select(Instance.id).limit(1)) is None
 
     def ingest(
-        self, path: Path, source: Source | None = None, *, move: bool = False
+        self,
+        path: Path,
+        source: Source | None = None,
+        *,
+        move: bool = False,
+        sha256: str | None = None,
     ) -> IngestResult:
         """Store the DICOM file at ``path`` and index it.
 
         With ``move=True`` the file is consumed (a received temporary file);
-        otherwise it is copied and left where it is (``pacs import``).
+        otherwise it is copied and left where it is (``pacs import``). ``sha256``:
+        the file's SHA-256, when its writer computed it (the Storage SCP does).
         """
         started = time.perf_counter()
         source = source or Source()
         try:
-            result = self._ingest(path, source, move)
+            result = self._ingest(path, source, move, sha256)
         finally:
             if move:
                 path.unlink(missing_ok=True)
@@ -152,13 +158,13 @@ class Archive:
             log.warning("rejected %s from %r: %s", path.name, source.ae_title, result.reason)
         return result
 
-    def _ingest(self, path: Path, source: Source, move: bool) -> IngestResult:
+    def _ingest(self, path: Path, source: Source, move: bool, sha256: str | None) -> IngestResult:
         received = move and path.parent == self.blobs.staging_dir()
         # A received file is hashed by one worker and flushed to disk by another
         # while this thread parses its header, asks the index about it and writes
         # its row (hashlib and fsync release the GIL); see _write for the order.
         flushing = self._flush_received(path) if received else None
-        hashing = self._flusher.submit(_sha256, path) if received else None
+        hashing = self._flusher.submit(_sha256, path) if received and not sha256 else None
         try:
             header = read_header(path)
             _check_announced(header, source)
@@ -181,13 +187,16 @@ class Archive:
                 with self._engine.connect() as conn:
                     existing_sha = stored_sha256(conn, uid)
                 try:
-                    staged, sha256 = (
-                        (path, hashing.result()) if hashing else self._copy_to_staging(path)
-                    )
+                    if not received:
+                        staged, digest = self._copy_to_staging(path)
+                    elif hashing is None:
+                        staged, digest = path, str(sha256)  # hashed by its writer
+                    else:
+                        staged, digest = path, hashing.result()
                 except OSError as exc:
                     return _rejected(Problem.OUT_OF_RESOURCES, f"cannot stage file: {exc}", source)
                 try:
-                    stored = _stored_columns(key, header, sha256, source.ae_title)
+                    stored = _stored_columns(key, header, digest, source.ae_title)
                     staging = _Staging(staged, flushing)
                     return self._write(record, staging, stored, existing_sha, source, result)
                 finally:
