@@ -8,6 +8,7 @@ sampled every 50 ms for the peak.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -63,6 +64,10 @@ class PushFailed(RuntimeError):
 
 def push(server: Running, series: list[CtSeries], log_dir: Path) -> PushResult:
     """Send every series over its own concurrent association; measure the server."""
+    # Write back what earlier pushes left dirty in the page cache first: otherwise a
+    # push right after the 4-association one (2 GB) pays for its writeback in every
+    # fsync, and its rate says more about the order of scenarios than the server.
+    os.sync()
     before = server.count()
     process = psutil.Process(server.pid)
     sampler = _RssSampler(process)
