@@ -60,8 +60,9 @@ class BlobStore(Protocol):
     def place(self, key: str, staged: Path, *, flushed: bool = False) -> None:
         """Move ``staged`` to ``key``: readable at once, durable after :meth:`settle`.
 
-        ``flushed`` says the caller already fsynced the file. Replaces any blob
-        already at ``key``; raises :class:`BlobStoreError`.
+        ``flushed`` says the caller fsyncs the file itself (it did, or does before
+        it acknowledges anything). Replaces any blob already at ``key``; raises
+        :class:`BlobStoreError`.
         """
         ...
 
@@ -84,6 +85,10 @@ class BlobStore(Protocol):
         ...
 
     def exists(self, key: str) -> bool: ...
+
+    def size(self, key: str) -> int | None:
+        """The blob's size in bytes, ``None`` if absent."""
+        ...
 
     def delete(self, key: str) -> None: ...
 
@@ -172,6 +177,12 @@ class FileBlobStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):

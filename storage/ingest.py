@@ -238,11 +238,12 @@ class Archive:
     ) -> IngestResult:
         key = stored["blob_key"]
         if existing_sha == stored["sha256"]:
-            if self.blobs.exists(key):
+            if self.blobs.size(key) == stored["file_size"]:
                 return _with(result, Outcome.DUPLICATE, "identical instance already stored")
-            # Indexed, but the file is gone (a power cut before its folder reached the
-            # disk, or a deleted file): this copy takes its place.
-            log.warning("%s was indexed without its file: storing it again", key)
+            # Indexed, but the file is gone or cut short (a power cut before its bytes
+            # or its folder reached the disk; it was never acknowledged then, so the
+            # sender sends it again; or a deleted file): this copy takes its place.
+            log.warning("%s was indexed without its whole file: storing it again", key)
         elif existing_sha and self.policy is DuplicatePolicy.KEEP_FIRST:
             log.warning(
                 "%s resent %s with other content: kept the first",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -84,13 +85,19 @@ def test_same_instance_twice_is_an_idempotent_success(archive: Archive) -> None:
         assert session.scalars(select(Study)).one().number_of_instances == 1
 
 
-def test_an_indexed_instance_whose_file_is_gone_is_stored_again(archive: Archive) -> None:
+@pytest.mark.parametrize("loss", ["gone", "cut short"])
+def test_an_indexed_instance_whose_file_is_gone_is_stored_again(
+    archive: Archive, loss: str
+) -> None:
     archive.ingest(CT_SLICES[0])
     with archive.sessions() as session:
         key = session.scalars(select(Instance.blob_key)).one()
     lost = archive.blobs.local_path(key)
     assert lost is not None
-    lost.unlink()  # as after a power cut that lost the file's new name
+    if loss == "gone":
+        lost.unlink()  # as after a power cut that lost the file's new name
+    else:
+        os.truncate(lost, 0)  # a power cut before its bytes reached the disk
     assert not check(archive).consistent
     assert archive.ingest(CT_SLICES[0]).ok  # the sender's retry
     assert lost.read_bytes() == CT_SLICES[0].read_bytes()
