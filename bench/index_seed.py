@@ -24,10 +24,10 @@ from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from pacs.charset import search_key
+from pacs.charset import name_words, search_key
 from storage.blobs import blob_key
 from storage.database import MIGRATIONS, make_engine, upgrade
-from storage.models import Instance, Patient, Series, Study
+from storage.models import Instance, Patient, PatientNameWord, Series, Study
 
 SEED_VERSION = 1
 INSTANCES_PER_STUDY = 100
@@ -181,7 +181,14 @@ def seed(engine: Engine, instances: int, rows: IndexRows | None = None) -> None:
     upgrade(engine)
     rows = rows or IndexRows(random.Random(SEED_VERSION), instances)
     with engine.begin() as conn:
-        conn.execute(insert(Patient), rows.patients())
+        patients = rows.patients()
+        conn.execute(insert(Patient), patients)
+        words = [
+            {"word": word, "patient_pk": p["id"]}
+            for p in patients
+            for word in name_words(p["patient_name_key"])
+        ]
+        conn.execute(insert(PatientNameWord), words)
     for batch in rows.batches():
         with engine.begin() as conn:
             conn.execute(insert(Study), batch.studies)

@@ -9,6 +9,7 @@ are read as UTF-8 because real Latin-1 text is almost never valid UTF-8.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 import warnings
 
@@ -63,6 +64,17 @@ def search_key(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text.translate(_FOLD_EXTRA))
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
     return stripped.casefold().strip()
+
+
+NAME_WORD_LENGTH = 64
+
+
+def name_words(key: str) -> set[str]:
+    """The words of a folded name (:func:`search_key`): ``nguyen^van an`` gives
+    ``{"nguyen", "van", "an"}``. A fuzzy match (PS3.18 §8.3.4.6) finds a name when
+    one of its words starts with what was typed; separators are ``^`` (components),
+    ``=`` (representations) and spaces."""
+    return {w[:NAME_WORD_LENGTH] for w in re.split(r"[\^= ]+", key) if w}
 
 
 def _is_utf8(value: bytes) -> bool:

@@ -16,8 +16,9 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from pacs.charset import name_words
 from storage.attributes import IndexRecord
-from storage.models import Instance, Patient, Series, Study
+from storage.models import Instance, Patient, PatientNameWord, Series, Study
 
 
 def find_instance(session: Session, sop_instance_uid: str) -> Instance | None:
@@ -188,6 +189,10 @@ def _patient(session: Session, values: dict[str, Any], site: str) -> Patient:
         patient = Patient(**{**values, "issuer": issuer})
         session.add(patient)
         session.flush()
+        words = name_words(patient.patient_name_key)
+        if words:
+            rows = [{"word": word, "patient_pk": patient.id} for word in words]
+            session.execute(insert(PatientNameWord), rows)
     return patient
 
 

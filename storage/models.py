@@ -30,6 +30,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from pacs.charset import NAME_WORD_LENGTH
+
 UID = String(64)
 DA = String(8)  # YYYYMMDD, compared as text: ranges stay indexable
 TM = String(16)  # HHMMSS.FFFFFF
@@ -70,6 +72,30 @@ class Patient(Base):
     patient_comments: Mapped[str] = mapped_column(Text, default="")
 
     studies: Mapped[list[Study]] = relationship(back_populates="patient")
+
+
+# Compared byte for byte on PostgreSQL too, so a prefix is an index range there
+# whatever the database's collation (SQLite compares bytes anyway).
+NAME_WORD = String(NAME_WORD_LENGTH).with_variant(
+    String(NAME_WORD_LENGTH, collation="C"), "postgresql"
+)
+
+
+class PatientNameWord(Base):
+    """A word of a patient's folded name (:func:`pacs.charset.name_words`).
+
+    A fuzzy name match (a word of the name starts with what was typed) cannot use
+    an index on whole names; on this table it is a range of its primary key.
+    Written with the patient (:func:`storage.index.add_instance`; migration 0007
+    for patients indexed before).
+    """
+
+    __tablename__ = "patient_name_words"
+
+    word: Mapped[str] = mapped_column(NAME_WORD, primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(
+        ForeignKey("patients.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class Study(Base):

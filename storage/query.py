@@ -33,9 +33,9 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, false, func, or_, select, true
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from pacs.charset import search_key
+from pacs.charset import NAME_WORD_LENGTH, search_key
 from storage.header import is_valid_uid
-from storage.models import Instance, Patient, Series, Study
+from storage.models import Instance, Patient, PatientNameWord, Series, Study
 from storage.scope import EVERYTHING, Scope, visible_studies
 
 
@@ -180,9 +180,11 @@ _ORDER = {
     Level.SERIES: (Series.series_number, Series.id),
     Level.IMAGE: (Instance.instance_number, Instance.id),
 }
-# A name prefix matching at most this many names is searched from the name index
-# (then sorted), not by walking the date order (:func:`_few_names`).
-_FEW_NAMES = 500
+# A name prefix or fuzzy word matching at most this many names is searched from the
+# names (then sorted), not by walking the date order (:func:`_few_names`); around
+# here the two cost the same for a user who sees everything (bench/authz_qido.py).
+_FEW_NAMES = 800
+_NOT_IN_A_WORD = re.compile(r"[\^= *?]")
 _DATE = re.compile(r"\d{8}")
 _TIME = re.compile(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?")
 
@@ -263,35 +265,65 @@ def build_statement(query: Query, keywords: Sequence[str]) -> Select[Any]:
 
 
 def _few_names(session: Session, query: Query) -> list[ColumnElement[bool]]:
-    """Index ranges for the person-name prefixes of ``query`` that match few names.
+    """Conditions that let the database start from the names, for the person-name
+    matches of ``query``; they restate the match, so results never change.
 
-    ``PatientName=ngu*`` is a ``LIKE``, which SQLite does not answer from an index
-    (its LIKE ignores case, the index does not), so a study search walks the
-    studies newest first, testing each one's patient. For a prefix few names have,
-    that walk goes through the whole archive to fill a page: 3 ms at 10,000
-    studies, a hundred times that at a million. The same match written as a range,
-    ``key >= 'ngu' AND key < 'ngv'``, lets the planner start from the names, and
-    SQLite then always does (Python's SQLite has no histograms to tell it that
-    ``ng`` is 40 % of Vietnamese names); so the range is added only when a count
-    of at most :data:`_FEW_NAMES` + 1 index entries says the prefix is rare.
-    PostgreSQL plans the ``LIKE`` itself (varchar_pattern_ops index, statistics).
-    A fuzzy match (a word anywhere in the name) has no such range: counting its
-    names reads every patient, which cost more than it saved (bench/authz_qido.py).
+    A name match is a ``LIKE``, which SQLite does not answer from an index (its LIKE
+    ignores case, the index does not; a fuzzy match looks inside the name), so a
+    study search walks the studies newest first, testing each one's patient. For a
+    name few patients have, that walk goes through the whole archive to fill a page
+    (3 ms at 10,000 studies, a hundred times that at a million), and further still
+    for a user who sees part of it (bench/authz_qido.py). So:
+
+    - a prefix (``ngu*``) that at most :data:`_FEW_NAMES` names start with (counted
+      with a ``LIMIT``) is also given as an index range (``key >= 'ngu' AND key <
+      'ngv'``), which SQLite then starts from; it cannot tell a rare prefix from
+      ``ng`` (40 % of Vietnamese names) itself, having no histograms;
+    - a fuzzy word (``van``, ``hai``) is also given as the patients having a name
+      word in that range of ``patient_name_words``: on SQLite when at most
+      :data:`_FEW_NAMES` words match (a common word fills a page soon enough on
+      the walk), on PostgreSQL always (its planner has statistics to choose).
+
+    PostgreSQL answers a prefix ``LIKE`` from its varchar_pattern_ops index itself.
     """
-    if session.get_bind().dialect.name != "sqlite":
-        return []
-    ranges = []
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    narrowed = []
     for keyword, value in query.match.items():
         attribute = ATTRIBUTES.get(keyword)
         column = attribute.key_column if attribute else None
-        prefix = _plain_prefix(search_key(value)) if column is not None else None
-        if column is None or prefix is None:
+        if column is None or value == "":
             continue
-        within = and_(column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1))
-        names = select(column).where(within).limit(_FEW_NAMES + 1).subquery()
-        if session.scalar(select(func.count()).select_from(names)) <= _FEW_NAMES:
-            ranges.append(within)
-    return ranges
+        key = search_key(value)
+        prefix = _plain_prefix(key)
+        if prefix is not None and sqlite:
+            within = _starting_with(column, prefix)
+            if _few(session, select(column).where(within)):
+                narrowed.append(within)
+        elif query.fuzzy and keyword == "PatientName" and _is_one_word(key):
+            within = _starting_with(PatientNameWord.word, key)
+            if not sqlite or _few(session, select(PatientNameWord.word).where(within)):
+                named = select(PatientNameWord.patient_pk).where(within)
+                narrowed.append(Patient.id.in_(named))
+    return narrowed
+
+
+def _starting_with(column: InstrumentedAttribute[str], prefix: str) -> ColumnElement[bool]:
+    return and_(column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
+def _few(session: Session, rows: Select[Any]) -> bool:
+    """Does ``rows`` hold at most :data:`_FEW_NAMES` rows? (Reads at most one more.)"""
+    capped = rows.limit(_FEW_NAMES + 1).subquery()
+    return (session.scalar(select(func.count()).select_from(capped)) or 0) <= _FEW_NAMES
+
+
+def _is_one_word(key: str) -> bool:
+    """A word as :func:`pacs.charset.name_words` stores them, and a prefix of one."""
+    return (
+        0 < len(key) <= NAME_WORD_LENGTH
+        and not _NOT_IN_A_WORD.search(key)
+        and key[-1] != chr(0x10FFFF)
+    )
 
 
 def _plain_prefix(key: str) -> str | None:

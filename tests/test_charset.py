@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pacs.charset import decode_text, search_key
+from pacs.charset import decode_text, name_words, search_key
 
 
 @pytest.mark.parametrize(
@@ -57,3 +57,10 @@ def test_iso_2022_japanese_name() -> None:
 
 def test_garbage_never_raises() -> None:
     assert decode_text(b"\xff\xfe\x00abc", ["ISO_IR 999"], person_name=True)
+
+
+def test_name_words_split_components_representations_and_spaces() -> None:
+    assert name_words(search_key("Nguyễn^Văn An=NGUYEN^VAN AN")) == {"nguyen", "van", "an"}
+    assert name_words(search_key("Đặng^Thị  Bình^^")) == {"dang", "thi", "binh"}
+    assert name_words("") == set()
+    assert name_words("a" * 80) == {"a" * 64}

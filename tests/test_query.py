@@ -1,5 +1,6 @@
-"""Person-name prefixes are searched from the name index when few names match
-(storage.query._few_names), by walking the date order otherwise: same answers."""
+"""Person-name prefixes and fuzzy words are searched from the names when few
+names match (storage.query._few_names), by walking the date order otherwise: the
+answers are the same either way."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
+from pacs.charset import name_words
 from storage import Archive, query
-from storage.models import Patient, Study
+from storage.models import Patient, PatientNameWord, Study
 from storage.query import Level, Query, search
-from tests.conftest import fresh_database_url, migrated_archive
+from tests.conftest import SAMPLES, fresh_database_url, migrated_archive
 
 # 60 Nguyễn, 6 Đặng, 3 Lý: a common prefix and rare ones, over 69 studies a day apart.
 FAMILIES = {"nguyen": 60, "dang": 6, "ly": 3}
+MIDDLE = ("van", "thi", "van", "kim")  # van 35, thi 18, kim 16
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -38,11 +41,13 @@ def _fill(session: Session) -> None:
     for family, count in FAMILIES.items():
         for number in range(count):
             day += 1
-            name = f"{family}^van {number}"
+            name = f"{family}^{MIDDLE[number % len(MIDDLE)]} {number}"
             patient = Patient(patient_id=f"{family}-{number}", patient_name=name)
             patient.patient_name_key = name
             session.add(patient)
             session.flush()
+            words = [{"word": w, "patient_pk": patient.id} for w in name_words(name)]
+            session.execute(insert(PatientNameWord), words)
             session.add(
                 Study(
                     patient_pk=patient.id,
@@ -54,9 +59,9 @@ def _fill(session: Session) -> None:
             )
 
 
-def _found(archive: Archive, value: str, limit: int = 101) -> list[str]:
+def _found(archive: Archive, value: str, limit: int = 101, *, fuzzy: bool = False) -> list[str]:
     ask = _asking(value)
-    ask.limit = limit
+    ask.limit, ask.fuzzy = limit, fuzzy
     with archive.sessions() as session:
         return [row["StudyInstanceUID"] for row in search(session, ask)]
 
@@ -76,6 +81,34 @@ def test_a_name_prefix_finds_the_same_studies_either_way(
     newest_first = sorted(found, key=lambda uid: int(uid.rsplit(".", 1)[1]), reverse=True)
     assert found == newest_first
     assert _found(archive, value, limit=2) == found[:2]
+
+
+@pytest.mark.parametrize("few_names", [0, 20, 800])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("van", 35), ("THI", 18), ("ki", 16), ("Đặng", 6), ("1", 13), ("x", 0)]
+)
+def test_a_fuzzy_word_finds_the_same_studies_either_way(
+    archive: Archive,
+    monkeypatch: pytest.MonkeyPatch,
+    few_names: int,
+    value: str,
+    expected: int,
+) -> None:
+    monkeypatch.setattr(query, "_FEW_NAMES", few_names)  # 0: always the LIKE walk
+    found = _found(archive, value, fuzzy=True)
+    assert len(found) == expected
+    newest_first = sorted(found, key=lambda uid: int(uid.rsplit(".", 1)[1]), reverse=True)
+    assert found == newest_first
+
+
+def test_ingest_writes_the_words_of_a_new_patients_name(archive: Archive) -> None:
+    assert archive.ingest(next(SAMPLES.rglob("*.dcm"))).ok
+    with archive.sessions() as session:
+        key = session.scalar(select(Patient.patient_name_key).order_by(Patient.id.desc()))
+        words = session.scalars(
+            select(PatientNameWord.word).join(Patient).where(Patient.patient_name_key == key)
+        ).all()
+    assert key and sorted(words) == sorted(name_words(key))
 
 
 def test_only_a_rare_prefix_is_searched_from_the_name_index(
