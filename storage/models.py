@@ -85,7 +85,8 @@ class PatientNameWord(Base):
     """A word of a patient's folded name (:func:`pacs.charset.name_words`).
 
     A fuzzy name match (a word of the name starts with what was typed) cannot use
-    an index on whole names; on this table it is a range of its primary key.
+    an index on whole names; on this table it is a range of its primary key, which
+    SQLite starts from for a rare word (:func:`storage.query._few_names`).
     Written with the patient (:func:`storage.index.add_instance`; migration 0007
     for patients indexed before).
     """
