@@ -10,17 +10,26 @@ pynetdicom serves.
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import AE, PYNETDICOM_IMPLEMENTATION_UID, evt
 from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import (
+    A_ASSOCIATE,
+    ImplementationClassUIDNotification,
+    MaximumLengthNotification,
+)
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import CTImageStorage, StudyRootQueryRetrieveInformationModelFind
 
 from pacs.dimse import Command, file_meta_prefix
@@ -101,27 +110,52 @@ def test_a_peer_vanishing_mid_data_set_leaves_nothing(pacs: Server, tmp_path: Pa
 
 
 def test_garbage_after_association_is_aborted_and_the_server_goes_on(pacs: Server) -> None:
-    assoc = scu(STORAGE_ONLY).associate("127.0.0.1", pacs.dicom_port, ae_title="PACS")
-    assert assoc.is_established
-    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
-    assert raw is not None
-    raw.sendall(b"\x09\x00\x00\x00\x00\x04junk")  # no such PDU type
-    raw.settimeout(5)
-    answer = raw.recv(64)
-    assert answer[:1] == b"\x07"  # A-ABORT
-    assoc.abort()
+    with raw_association(pacs.dicom_port) as raw:
+        raw.sendall(b"\x09\x00\x00\x00\x00\x04junk")  # no such PDU type
+        assert raw.recv(64)[:1] == b"\x07"  # A-ABORT
     assert echo_works(pacs)
 
 
 def test_a_command_on_an_unaccepted_context_is_aborted(pacs: Server) -> None:
-    assoc = scu(STORAGE_ONLY).associate("127.0.0.1", pacs.dicom_port, ae_title="PACS")
-    raw = assoc.dul.socket.socket  # type: ignore[union-attr]
-    assert raw is not None
-    raw.sendall(_p_data(99, 0x03, b"\x00" * 16))
-    raw.settimeout(5)
-    assert raw.recv(64)[:1] == b"\x07"
-    assoc.abort()
+    with raw_association(pacs.dicom_port) as raw:
+        raw.sendall(_p_data(99, 0x03, b"\x00" * 16))
+        assert raw.recv(64)[:1] == b"\x07"
     assert echo_works(pacs)
+
+
+@contextmanager
+def raw_association(port: int) -> Iterator[socket.socket]:
+    """An accepted storage association on a plain socket that only the test reads
+    (pynetdicom's reader thread would race it for the server's answer)."""
+    context = PresentationContext()
+    context.context_id, context.abstract_syntax = 1, CTImageStorage
+    context.transfer_syntax = [ExplicitVRLittleEndian]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = PYNETDICOM_IMPLEMENTATION_UID
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "TESTSCU", "PACS"
+    primitive.presentation_context_definition_list = [context]
+    primitive.user_information = [maximum, implementation]
+    request = A_ASSOCIATE_RQ()
+    request.from_primitive(primitive)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(request.encode())
+        header = _read_exactly(raw, 6)
+        assert header[0] == 0x02, "association not accepted"  # A-ASSOCIATE-AC
+        _read_exactly(raw, struct.unpack(">I", header[2:])[0])
+        yield raw
+
+
+def _read_exactly(raw: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = raw.recv(size - len(data))
+        assert chunk, "the server closed the connection"
+        data += chunk
+    return data
 
 
 def test_storage_with_queries_is_served_by_pynetdicom(pacs: Server, tmp_path: Path) -> None:
