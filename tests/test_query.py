@@ -66,39 +66,37 @@ def _found(archive: Archive, value: str, limit: int = 101, *, fuzzy: bool = Fals
         return [row["StudyInstanceUID"] for row in search(session, ask)]
 
 
-@pytest.mark.parametrize("few_names", [0, 500])
-@pytest.mark.parametrize(("value", "expected"), [("ngu*", 60), ("Đặ*", 6), ("ly*", 3), ("x*", 0)])
-def test_a_name_prefix_finds_the_same_studies_either_way(
+# (value, fuzzy, studies): prefixes common and rare, fuzzy words common and rare
+CASES = [
+    ("ngu*", False, 60),
+    ("Đặ*", False, 6),
+    ("ly*", False, 3),
+    ("x*", False, 0),
+    ("van", True, 35),
+    ("THI", True, 18),
+    ("ki", True, 16),
+    ("Đặng", True, 6),
+    ("1", True, 13),
+    ("x", True, 0),
+]
+
+
+@pytest.mark.parametrize("few_names", [0, 20, 800])  # 0: always walk the dates
+@pytest.mark.parametrize(("value", "fuzzy", "expected"), CASES)
+def test_a_name_finds_the_same_studies_from_the_names_or_the_dates(
     archive: Archive,
     monkeypatch: pytest.MonkeyPatch,
     few_names: int,
     value: str,
+    fuzzy: bool,
     expected: int,
 ) -> None:
-    monkeypatch.setattr(query, "_FEW_NAMES", few_names)  # 0: always walk the dates
-    found = _found(archive, value)
+    monkeypatch.setattr(query, "_FEW_NAMES", few_names)
+    found = _found(archive, value, fuzzy=fuzzy)
     assert len(found) == expected
     newest_first = sorted(found, key=lambda uid: int(uid.rsplit(".", 1)[1]), reverse=True)
     assert found == newest_first
-    assert _found(archive, value, limit=2) == found[:2]
-
-
-@pytest.mark.parametrize("few_names", [0, 20, 800])
-@pytest.mark.parametrize(
-    ("value", "expected"), [("van", 35), ("THI", 18), ("ki", 16), ("Đặng", 6), ("1", 13), ("x", 0)]
-)
-def test_a_fuzzy_word_finds_the_same_studies_either_way(
-    archive: Archive,
-    monkeypatch: pytest.MonkeyPatch,
-    few_names: int,
-    value: str,
-    expected: int,
-) -> None:
-    monkeypatch.setattr(query, "_FEW_NAMES", few_names)  # 0: always the LIKE walk
-    found = _found(archive, value, fuzzy=True)
-    assert len(found) == expected
-    newest_first = sorted(found, key=lambda uid: int(uid.rsplit(".", 1)[1]), reverse=True)
-    assert found == newest_first
+    assert _found(archive, value, limit=2, fuzzy=fuzzy) == found[:2]
 
 
 def test_ingest_writes_the_words_of_a_new_patients_name(archive: Archive) -> None:
