@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import re
 
-from fastapi import HTTPException, status
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi import status
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.request_limits import refuse
+from api.request_limits import BodyRefused, refuse, run_checking_body
 
 # An escaped NUL: "\u0000" after an even run of backslashes (an odd one would make
 # the first backslash of it part of an escaped "\\", followed by plain "u0000").
@@ -25,8 +25,8 @@ _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 _CARRY = 64  # bytes kept from one body chunk to the next, for a match across them
 
 
-class NulInBody(HTTPException):
-    """Raised from ``receive``; FastAPI lets an HTTPException from body reading through."""
+class NulInBody(BodyRefused):
+    """An escaped NUL in a JSON body: 400."""
 
     def __init__(self) -> None:
         super().__init__(status.HTTP_400_BAD_REQUEST, "a NUL character (\\u0000) is not allowed")
@@ -50,29 +50,15 @@ class RefuseNulBytes:
             await self.app(scope, receive, send)
             return
         tail = b""
-        started = False
 
-        async def checked() -> Message:
+        def look(chunk: bytes) -> None:
             nonlocal tail
-            message = await receive()
-            if message["type"] == "http.request":
-                window = tail + message.get("body", b"")
-                if _ESCAPED_NUL.search(window):
-                    raise NulInBody
-                tail = window[-_CARRY:]
-            return message
+            window = tail + chunk
+            if _ESCAPED_NUL.search(window):
+                raise NulInBody
+            tail = window[-_CARRY:]
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, checked, tracked)
-        except NulInBody as exc:  # read by something other than a FastAPI route
-            if started:
-                raise
-            await refuse(send, 400, exc.detail, close=False)
+        await run_checking_body(self.app, scope, receive, send, look, close=False)
 
 
 def _is_json(scope: Scope) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from fastapi import HTTPException, status
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,9 +25,13 @@ MAX_HEADER_BYTES = 32 * 1024
 _STOW = re.compile(r"^/dicomweb/studies(/[^/]+)?/?$")
 
 
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive`` when the body passes the limit; FastAPI lets an
-    HTTPException from body reading through, so the client gets the 413."""
+class BodyRefused(HTTPException):
+    """Raised from ``receive`` by a body check (:func:`run_checking_body`); FastAPI lets
+    an HTTPException from body reading through, so the client gets its status."""
+
+
+class BodyTooLarge(BodyRefused):
+    """The body passed the limit: 413."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(
@@ -65,28 +70,53 @@ class RequestLimits:
             return
 
         seen = 0
-        started = False
 
-        async def counted() -> Message:
+        def count(chunk: bytes) -> None:
             nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise BodyTooLarge(self.max_body)
-            return message
+            seen += len(chunk)
+            if seen > self.max_body:
+                raise BodyTooLarge(self.max_body)
 
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        await run_checking_body(self.app, scope, receive, send, count)
 
-        try:
-            await self.app(scope, counted, tracked)
-        except BodyTooLarge as exc:  # read by something other than a FastAPI route
-            if started:
-                raise
-            await refuse(send, 413, exc.detail)
+
+BodyCheck = Callable[[bytes], None]  # sees each body chunk; raises BodyRefused to refuse
+
+
+async def run_checking_body(
+    app: ASGIApp,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    check: BodyCheck,
+    *,
+    close: bool = True,
+) -> None:
+    """Run ``app`` with every body chunk passed to ``check`` as it is read.
+
+    A route reading the body gets the refusal's status from FastAPI; anything else
+    reading it is answered here, unless its response has begun (then it is raised).
+    ``close`` as for :func:`refuse`.
+    """
+    started = False
+
+    async def checked() -> Message:
+        message = await receive()
+        if message["type"] == "http.request":
+            check(message.get("body", b""))
+        return message
+
+    async def tracked(message: Message) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    try:
+        await app(scope, checked, tracked)
+    except BodyRefused as exc:
+        if started:
+            raise
+        await refuse(send, exc.status_code, exc.detail, close=close)
 
 
 async def refuse(send: Send, code: int, detail: str, *, close: bool = True) -> None:

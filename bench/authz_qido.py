@@ -47,7 +47,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import sys
 import time
 from collections import Counter
@@ -55,11 +54,18 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import qido_seed
 import servers
-from dicomweb import Target, cpu_model, fresh_run_dir, ms, warm_client
+from dicomweb import (
+    Target,
+    cpu_model,
+    fresh_run_dir,
+    index_parser,
+    ms,
+    warm_client,
+    with_defaults,
+)
 from dicomweb_client import Client, Kind, Timings, basic_auth, query_kinds, time_kind
 from index_seed import PostgresDatabases, SqliteDatabases
 from sqlalchemy import Engine, func, select, update
@@ -113,7 +119,7 @@ class User:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    servers.exit_on_sigterm()
     started = time.monotonic()
     cache = args.cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
@@ -141,13 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help=f"small debug run: {QUICK}")
-    parser.add_argument("--studies", type=int, help="studies in the seeded index (10000)")
-    parser.add_argument("--instances", type=int, help="instances in the seeded index (1e6)")
-    parser.add_argument("--requests", type=int, help="requests per query kind and user (200)")
+    parser = index_parser(__doc__, QUICK)
     parser.add_argument("--database", choices=(SQLITE, POSTGRESQL), default=SQLITE)
     parser.add_argument(
         "--forwarded", type=float, default=0.03, help="share of studies forwarded (0.03)"
@@ -159,15 +159,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-runs", action="store_true", help="keep the run folder, log and database"
     )
-    args = parser.parse_args(argv)
-    for name, full in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, QUICK[name] if args.quick else full)
-    return args
-
-
-def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)
+    return with_defaults(parser.parse_args(argv), DEFAULTS, QUICK)
 
 
 # --- sites, grants and users ---------------------------------------------------------

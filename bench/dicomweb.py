@@ -46,7 +46,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -54,7 +53,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import pyspy_profile
 import qido_seed
@@ -124,7 +122,7 @@ class Series:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    servers.exit_on_sigterm()
     started = time.monotonic()
     cache = args.cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
@@ -142,14 +140,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def index_parser(description: str | None, quick: dict[str, int]) -> argparse.ArgumentParser:
+    """The options of a benchmark over the seeded QIDO index: ``--quick`` and the
+    index size and request count it shrinks (see :func:`with_defaults`)."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help=f"small debug run: {QUICK}")
+    parser.add_argument("--quick", action="store_true", help=f"small debug run: {quick}")
     parser.add_argument("--studies", type=int, help="studies in the seeded index (10000)")
     parser.add_argument("--instances", type=int, help="instances in the seeded index (1e6)")
-    parser.add_argument("--requests", type=int, help="requests per query kind (200)")
+    parser.add_argument("--requests", type=int, help="requests per query kind and user (200)")
+    return parser
+
+
+def with_defaults(
+    args: argparse.Namespace, defaults: dict[str, int], quick: dict[str, int]
+) -> argparse.Namespace:
+    """Options not given take their ``--quick`` or full-run value."""
+    for name, full in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick[name] if args.quick else full)
+    return args
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = index_parser(__doc__, QUICK)
     parser.add_argument("--slices", type=int, help="instances of the metadata series (1000)")
     parser.add_argument("--restarts", type=int, help="server restarts for cold metadata (5)")
     parser.add_argument("--warm", type=int, help="repeats for warm metadata (50)")
@@ -160,15 +175,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=BENCH_DIR / ".cache")
     parser.add_argument("--keep-runs", action="store_true", help="keep run folders and logs")
     parser.add_argument("--profile", type=Path, help="py-spy our server into this folder")
-    args = parser.parse_args(argv)
-    for name, full in DEFAULTS.items():
-        if getattr(args, name) is None:
-            setattr(args, name, QUICK[name] if args.quick else full)
-    return args
-
-
-def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)
+    return with_defaults(parser.parse_args(argv), DEFAULTS, QUICK)
 
 
 def _ct_series(cache: Path, slices: int) -> Series:

@@ -47,7 +47,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -56,7 +55,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import pyspy_profile
 import servers
@@ -105,7 +103,7 @@ class Bench:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    signal.signal(signal.SIGTERM, _exit_on_signal)
+    servers.exit_on_sigterm()
     started = time.monotonic()
     sources = _source_stamps()
     bench = _prepare(args)
@@ -169,10 +167,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, QUICK[name] if args.quick else full)
     return args
-
-
-def _exit_on_signal(signum: int, _frame: object) -> NoReturn:
-    raise SystemExit(128 + signum)
 
 
 def _prepare(args: argparse.Namespace) -> Bench:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from index_seed import count_instances
 
@@ -193,3 +194,13 @@ def _tail(log: Path, lines: int = 30) -> str:
         return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a benchmark killed from outside still stops
+    the servers it started and removes its run folders (its ``finally`` blocks run)."""
+
+    def leave(signum: int, _frame: object) -> NoReturn:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
