@@ -8,9 +8,11 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from pacs.bootstrap import SchemaOutdated, archive_from_settings
@@ -200,23 +202,37 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _user_add(settings: Settings, args: argparse.Namespace) -> int:
+def _changed(
+    settings: Settings, change: Callable[[Session], object], refused: type[Exception]
+) -> bool:
+    """Run ``change`` on the index and commit it; False, the reason printed, when it
+    raises ``refused`` (a user or node that does not exist, a name taken, ...)."""
     archive = archive_from_settings(settings, create_schema=True)
-    password = _new_password()
     with archive.sessions() as session:
         try:
-            create_user(
-                session,
-                args.username,
-                password,
-                Role(args.role),
-                sites=args.sites or (LOCAL_SITE,),
-                referring_name=args.referring_name,
-            )
-        except UserError as exc:
+            change(session)
+        except refused as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return 1
+            return False
         session.commit()
+    return True
+
+
+def _user_add(settings: Settings, args: argparse.Namespace) -> int:
+    password = _new_password()
+
+    def add(session: Session) -> None:
+        create_user(
+            session,
+            args.username,
+            password,
+            Role(args.role),
+            sites=args.sites or (LOCAL_SITE,),
+            referring_name=args.referring_name,
+        )
+
+    if not _changed(settings, add, UserError):
+        return 1
     print(f"user {args.username} ({args.role}) created")
     return 0
 
@@ -231,28 +247,16 @@ def _user_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _user_disable(settings: Settings, args: argparse.Namespace) -> int:
-    archive = archive_from_settings(settings, create_schema=True)
-    with archive.sessions() as session:
-        try:
-            set_disabled(session, args.username, args.disabled)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        session.commit()
+    if not _changed(settings, lambda s: set_disabled(s, args.username, args.disabled), UserError):
+        return 1
     print(f"user {args.username} {'disabled' if args.disabled else 'enabled'}")
     return 0
 
 
 def _user_passwd(settings: Settings, args: argparse.Namespace) -> int:
-    archive = archive_from_settings(settings, create_schema=True)
     password = _new_password()
-    with archive.sessions() as session:
-        try:
-            set_password(session, args.username, password)
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        session.commit()
+    if not _changed(settings, lambda s: set_password(s, args.username, password), UserError):
+        return 1
     print(f"password of {args.username} changed")
     return 0
 
@@ -264,14 +268,8 @@ def _node_add(settings: Settings, args: argparse.Namespace) -> int:
         name=args.name, ae_title=args.ae, host=args.host, port=args.port, site=args.site,
         tls=args.tls, may_store=args.store, may_query=args.query, may_retrieve=args.retrieve,
     )  # fmt: skip
-    archive = archive_from_settings(settings, create_schema=True)
-    with archive.sessions() as session:
-        try:
-            add_node(session, node)
-        except NodeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        session.commit()
+    if not _changed(settings, lambda s: add_node(s, node), NodeError):
+        return 1
     print(f"node {node.name} ({node.ae_title.strip()}@{node.host}:{node.port}) added")
     return 0
 
@@ -291,14 +289,8 @@ def _node_list(settings: Settings, args: argparse.Namespace) -> int:
 def _node_remove(settings: Settings, args: argparse.Namespace) -> int:
     from storage.nodes import NodeError, remove_node
 
-    archive = archive_from_settings(settings, create_schema=True)
-    with archive.sessions() as session:
-        try:
-            remove_node(session, args.name)
-        except NodeError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        session.commit()
+    if not _changed(settings, lambda s: remove_node(s, args.name), NodeError):
+        return 1
     print(f"node {args.name} removed")
     return 0
 
