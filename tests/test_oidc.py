@@ -165,6 +165,13 @@ def sign_in(client: TestClient) -> httpx.Response:
     return client.get(at_provider.headers["location"], follow_redirects=False)
 
 
+def add_dr_lan(archive: Archive) -> None:
+    """The local radiologist the provider's default claims name."""
+    with archive.sessions() as session:
+        create_user(session, "dr.lan", "local-password", Role.RADIOLOGIST)
+        session.commit()
+
+
 def handed_over(response: httpx.Response) -> dict[str, str]:
     assert response.status_code == 303, response.text
     location = response.headers["location"]
@@ -175,9 +182,7 @@ def handed_over(response: httpx.Response) -> dict[str, str]:
 def test_an_existing_user_signs_in_through_the_provider(
     archive: Archive, tmp_path: Path, provider: Provider
 ) -> None:
-    with archive.sessions() as session:
-        create_user(session, "dr.lan", "local-password", Role.RADIOLOGIST)
-        session.commit()
+    add_dr_lan(archive)
     with app_for(archive, tmp_path, provider) as client:
         tokens = handed_over(sign_in(client))
         me = client.get("/api/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
@@ -221,9 +226,7 @@ def test_a_disabled_user_is_refused(archive: Archive, tmp_path: Path, provider: 
 def test_a_token_signed_by_another_key_is_refused(
     archive: Archive, tmp_path: Path, provider: Provider
 ) -> None:
-    with archive.sessions() as session:
-        create_user(session, "dr.lan", "local-password", Role.RADIOLOGIST)
-        session.commit()
+    add_dr_lan(archive)
     provider.signing_key = RSAKey.generate_key(2048, parameters={"kid": "k1"})
     with app_for(archive, tmp_path, provider) as client:
         refused = sign_in(client)
@@ -234,9 +237,7 @@ def test_a_token_signed_by_another_key_is_refused(
 def test_wrong_audience_or_issuer_is_refused(
     archive: Archive, tmp_path: Path, provider: Provider
 ) -> None:
-    with archive.sessions() as session:
-        create_user(session, "dr.lan", "local-password", Role.RADIOLOGIST)
-        session.commit()
+    add_dr_lan(archive)
     with app_for(archive, tmp_path, provider) as client:
         for wrong in ({"aud": "another-app"}, {"iss": "http://evil.example"}):
             provider.claims = {"sub": "u-1001", "preferred_username": "dr.lan", **wrong}
