@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from pydicom.dataset import Dataset
 
-from storage import Archive, open_archive
+from storage import Archive, Source, open_archive
 from storage.database import upgrade
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,6 +75,16 @@ def fresh_database_url(request: pytest.FixtureRequest, folder: Path) -> str:
 def migrated_archive(database_url: str, folder: Path) -> Archive:
     arch = open_archive(database_url, (folder / "blobs").as_uri())
     upgrade(arch.sessions.kw["bind"])
+    return arch
+
+
+def sites_archive(request: pytest.FixtureRequest, folder: Path, sites: dict[str, str]) -> Archive:
+    """The sample studies in a fresh archive, each sent from the site ``sites`` gives
+    its folder (``""``, this archive's own, for the others)."""
+    arch = migrated_archive(fresh_database_url(request, folder), folder)
+    for path in sorted(SAMPLES.rglob("*.dcm")):
+        site = sites.get(path.relative_to(SAMPLES).parts[0], "")
+        assert arch.ingest(path, Source(ae_title="MODALITY", site=site)).ok
     return arch
 
 

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from storage import Archive
-from storage.ingest import Source
 from storage.jobs import enqueue, finish
 from storage.nodes import Node, add_node
 from storage.query import Level, Query, search
@@ -33,7 +32,7 @@ from storage.scope import (
 from storage.share_links import LinkUnknown, create_link, revoke_link
 from storage.users import Role, create_user, get_user
 from storage.worklist import WorklistFilter, worklist
-from tests.conftest import SAMPLES, fresh_database_url, migrated_archive
+from tests.conftest import sites_archive
 
 HA_GIANG, CAO_BANG = "BV Đa khoa Hà Giang", "BV Cao Bằng"
 SITES = {"ct_chest": HA_GIANG, "mr_brain": CAO_BANG}  # the rest: this archive's own ("")
@@ -44,11 +43,7 @@ CT, LATIN1, MR, XA = "ct_chest", "ct_latin1", "mr_brain", "xa_coronary"
 def archive(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Archive]:
-    folder = tmp_path_factory.mktemp("scope")
-    arch = migrated_archive(fresh_database_url(request, folder), folder)
-    for path in sorted(SAMPLES.rglob("*.dcm")):
-        site = SITES.get(path.relative_to(SAMPLES).parts[0], "")
-        assert arch.ingest(path, Source(ae_title="MODALITY", site=site)).ok
+    arch = sites_archive(request, tmp_path_factory.mktemp("scope"), SITES)
     with arch.sessions() as session:
         create_user(session, "rad-hg", "password1", Role.RADIOLOGIST, sites=[HA_GIANG])
         create_user(session, "rad-two", "password1", Role.RADIOLOGIST, sites=[HA_GIANG, CAO_BANG])

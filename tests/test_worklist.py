@@ -12,10 +12,9 @@ from collections.abc import Iterator
 import pytest
 
 from storage import Archive
-from storage.ingest import Source
 from storage.query import QueryError
 from storage.worklist import WorklistFilter, worklist
-from tests.conftest import SAMPLES, fresh_database_url, migrated_archive
+from tests.conftest import sites_archive
 
 SITES = {"ct_chest": "BV Đa khoa Hà Giang", "mr_brain": "BV Cao Bằng"}
 
@@ -24,11 +23,7 @@ SITES = {"ct_chest": "BV Đa khoa Hà Giang", "mr_brain": "BV Cao Bằng"}
 def archive(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Archive]:
-    folder = tmp_path_factory.mktemp("worklist")
-    arch = migrated_archive(fresh_database_url(request, folder), folder)
-    for path in sorted(SAMPLES.rglob("*.dcm")):
-        site = SITES.get(path.relative_to(SAMPLES).parts[0], "")
-        assert arch.ingest(path, Source(ae_title="MODALITY", site=site)).ok
+    arch = sites_archive(request, tmp_path_factory.mktemp("worklist"), SITES)
     yield arch
     arch.sessions.kw["bind"].dispose()
 
