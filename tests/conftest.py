@@ -196,6 +196,13 @@ def run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
 
 
+def pdftotext(path: Path) -> str:
+    """The text of a PDF, as poppler's pdftotext reads it."""
+    done = run([require_tool("pdftotext"), "-enc", "UTF-8", str(path), "-"])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def dataset_differences(got: Dataset, want: Dataset, where: str = "") -> list[str]:
     """Every data element that differs (tag, VR or value), sequences walked item by item."""
     diffs = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import SAMPLES, require_tool, run
+from tests.conftest import SAMPLES, pdftotext, require_tool, run
 from viewer.render import RenderParams, render
 from viewer.report_pdf import (
     DEFAULT_FONT,
@@ -47,9 +47,7 @@ DOC = ReportDocument(
 def text_of(pdf: bytes, tmp_path: Path) -> str:
     path = tmp_path / "report.pdf"
     path.write_bytes(pdf)
-    done = run([require_tool("pdftotext"), "-enc", "UTF-8", str(path), "-"])
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return pdftotext(path)
 
 
 def scattered_letters(text: str) -> str:

@@ -38,7 +38,7 @@ from storage.reports import (
 )
 from storage.retrieve import find_instances
 from storage.users import Role, create_user
-from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server, require_tool, run
+from tests.conftest import ADMIN_PASSWORD, SAMPLES, Server, pdftotext, require_tool, run
 
 ADMIN = ("admin", "admin-password")
 DOCTOR = ("doctor", "doctor-password")
@@ -383,9 +383,7 @@ def pdf_text(response: httpx.Response, tmp_path: Path) -> str:
     assert response.status_code == 200, response.text
     path = tmp_path / "report.pdf"
     path.write_bytes(response.content)
-    done = run([require_tool("pdftotext"), "-enc", "UTF-8", str(path), "-"])
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return pdftotext(path)
 
 
 def test_each_pdf_says_the_status_the_report_has_now(

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Download, Page
 
 from tests import test_viewer
-from tests.conftest import ADMIN_PASSWORD, Server, require_tool, run
+from tests.conftest import ADMIN_PASSWORD, Server, pdftotext
 from tests.test_viewer import (
     HOSTILE,
     SCREEN,
@@ -109,9 +109,7 @@ def pdf_text(download: Download, tmp_path: Path) -> str:
     path = tmp_path / download.suggested_filename
     download.save_as(path)
     assert path.read_bytes().startswith(b"%PDF-")
-    done = run([require_tool("pdftotext"), "-enc", "UTF-8", str(path), "-"])
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return pdftotext(path)
 
 
 def test_a_radiologist_writes_signs_and_downloads(
