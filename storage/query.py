@@ -339,7 +339,7 @@ def _plain_prefix(key: str) -> str | None:
 def _visible(query: Query) -> ColumnElement[bool]:
     if query.level is Level.PATIENT:  # a patient is visible through a visible study
         return exists().where(Study.patient_pk == Patient.id, visible_studies(query.scope))
-    return visible_studies(query.scope)
+    return visible_studies(query.scope, named=bool(query.match.get("StudyInstanceUID")))
 
 
 def _join_upwards(statement: Select[Any], level: Level) -> Select[Any]:

@@ -84,8 +84,19 @@ def scope_of(archive: Archive, username: str) -> Scope:
 
 
 def visible(archive: Archive, scope: Scope, level: Level = Level.STUDY) -> set[str]:
+    """The studies ``scope`` finds at ``level``: in a list, and asked one by one (a
+    query naming its study checks that study's grants: storage.scope, ``named``)."""
     with archive.sessions() as session:
-        return {r["StudyInstanceUID"] for r in search(session, Query(level, scope=scope))}
+        listed = {r["StudyInstanceUID"] for r in search(session, Query(level, scope=scope))}
+        every = [r["StudyInstanceUID"] for r in search(session, Query(Level.STUDY))]
+        named = {
+            uid
+            for uid in every
+            if any(search(session, Query(level, {"StudyInstanceUID": uid}, scope=scope)))
+        }
+        assert named == listed
+        assert {u for u in every if study_visibility(session, scope, u)} == listed
+        return listed
 
 
 def folders(studies: dict[str, str], uids: set[str]) -> set[str]:
