@@ -130,5 +130,17 @@ def test_only_a_rare_prefix_is_searched_from_the_name_index(
     assert "ix_studies_date_time" in plans["ngu*"]
 
 
+def test_postgresql_plans_each_search_for_its_own_values(archive: Archive) -> None:
+    """The same search run more often than psycopg's prepare threshold (5) is never a
+    server-side prepared statement, whose one generic plan would serve every prefix."""
+    with archive.sessions() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        for _ in range(8):
+            assert len(list(search(session, _asking("ngu*")))) == 60
+        prepared = session.scalar(text("SELECT count(*) FROM pg_prepared_statements"))
+    assert prepared == 0
+
+
 def _asking(value: str) -> Query:
     return Query(Level.STUDY, match={"PatientName": value}, limit=101)
