@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, select, text
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from pacs.charset import name_words
@@ -140,6 +141,34 @@ def test_postgresql_plans_each_search_for_its_own_values(archive: Archive) -> No
             assert len(list(search(session, _asking("ngu*")))) == 60
         prepared = session.scalar(text("SELECT count(*) FROM pg_prepared_statements"))
     assert prepared == 0
+
+
+@pytest.mark.parametrize(
+    "match", [{"StudyDate": "20260201-"}, {"StudyDate": "20260101-20260201"}, {}]
+)
+def test_a_page_looks_up_each_patient_and_finds_what_the_join_finds(
+    archive: Archive, match: dict[str, str]
+) -> None:
+    page = Query(Level.STUDY, match=match, limit=20, offset=5)
+    keywords = query.returned_keywords(page)
+    with archive.sessions() as session:
+        joined = session.execute(query.build_statement(page, keywords)).all()
+        if session.get_bind().dialect.name == "postgresql":
+            looked_up = session.execute(query.build_statement(page, keywords, lateral=True))
+            assert looked_up.all() == joined
+    assert len(joined) == 20 and all(row[keywords.index("PatientID")] for row in joined)
+
+
+def test_only_a_page_matching_nothing_of_the_patient_looks_patients_up() -> None:
+    def sql(level: Level, match: dict[str, str], limit: int | None = 101) -> str:
+        ask = Query(level, match=match, limit=limit)
+        statement = query.build_statement(ask, query.returned_keywords(ask), lateral=True)
+        return str(statement.compile(dialect=postgresql.dialect()))
+
+    assert "JOIN LATERAL" in sql(Level.STUDY, {"StudyDate": "20260101-", "PatientName": ""})
+    assert "JOIN LATERAL" not in sql(Level.STUDY, {"PatientID": "nguyen-1"})
+    assert "JOIN LATERAL" not in sql(Level.STUDY, {"StudyDate": "20260101-"}, limit=None)
+    assert "patients" not in sql(Level.SERIES, {"StudyInstanceUID": "1.2.3.4"})
 
 
 def _asking(value: str) -> Query:
