@@ -316,11 +316,7 @@ def _target(user: User, run_dir: Path, url: str) -> Target:
 
 def _time(user: User, key: str, client: Client, one: Kind) -> None:
     """Time ``one`` request as ``user`` and add it to ``user``'s timings under ``key``."""
-    into = user.timings.setdefault(key, Timings())
-    more = time_kind(client, ROOT, one)
-    into.seconds += more.seconds
-    into.results += more.results
-    into.errors += more.errors
+    user.timings.setdefault(key, Timings()).add(time_kind(client, ROOT, one))
 
 
 def _progress(kind: Kind, users: list[User]) -> None:
@@ -382,9 +378,7 @@ def _pool(timings: Iterable[Timings]) -> Timings:
     """All the requests of several kinds as one: the QIDO p95 of a mixed workload."""
     pooled = Timings()
     for one in timings:
-        pooled.seconds += one.seconds
-        pooled.results += one.results
-        pooled.errors += one.errors
+        pooled.add(one)
     return pooled
 
 

@@ -65,6 +65,12 @@ class Timings:
     def mean_results(self) -> float:
         return statistics.fmean(self.results) if self.results else float("nan")
 
+    def add(self, more: Timings) -> None:
+        """Count ``more``'s requests in with these."""
+        self.seconds += more.seconds
+        self.results += more.results
+        self.errors += more.errors
+
 
 def query_kinds(count: int, study_uids: list[str], seed: int = 3) -> list[Kind]:
     """The five QIDO kinds, ``count`` requests each; ``study_uids`` feed series-of-study."""
